@@ -1,0 +1,162 @@
+"""Drop-in sequence layers, each `preset(dim=..., heads=..., key=..., **options)` -> an eqx.Module
+mapping (n, dim) -> (n, dim), vmappable over a batch.
+
+Every layer here shares the outer maps of `tc.TTTLayer`, named as in the paper: phi (keys), psi
+(queries), g (per-head decoder G_k: d_h -> d; the attention baselines use its transpose G_k^T as
+the value map) and h (output).  So an attention baseline and a TTT layer built from the same key
+have the same weights, and the paper's equivalences can be checked directly:
+
+    mttt_linear (W0 = 0, T = 1, eta = 1)  ==  linear_attention(feature_map="identity")
+    mttt_kernel (Nadaraya-Watson learner) ==  self_attention
+"""
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from ttt_compile.layer import Decoder, Output, Project, TTTLayer, check_tokens
+from ttt_compile.learners import MLP, Linear, NadarayaWatson
+from ttt_compile.spec import Inner, Reconstruction, SpecError
+
+
+class Attention(eqx.Module):
+    """Multi-head attention over values v_i = G_k^T x_i with keys phi(x), queries psi(x).
+
+    kind="softmax":  o_j = sum_i softmax_i(q_j.k_i / sqrt(d_h)) v_i
+    kind="identity": o_j = 1/n sum_i (q_j.k_i) v_i  = 1/n q_j^T (K^T V)       (linear, phi(x) = x)
+    kind="elu1":     o_j = f(q_j)^T S / f(q_j).z,  S = sum_i f(k_i) v_i^T, z = sum_i f(k_i),
+                     f = elu + 1  (Katharopoulos et al. 2020)
+    causal=True restricts the sums to i <= j (and 1/n to 1/j).
+    """
+
+    phi: Project
+    psi: Project
+    g: Decoder
+    h: Output
+    dim: int = eqx.field(static=True)
+    heads: int = eqx.field(static=True)
+    kind: str = eqx.field(static=True)
+    causal: bool = eqx.field(static=True)
+
+    def __init__(self, dim: int, heads: int, *, kind: str, causal: bool = False, key: PRNGKeyArray):
+        _check_dims(dim, heads)
+        kp, kq, kg, kh = jax.random.split(key, 4)
+        self.phi, self.psi = Project(dim, heads, key=kp), Project(dim, heads, key=kq)
+        self.g = Decoder(dim, heads, decoder_ln=False, key=kg)
+        self.h = Output(dim, heads, key=kh)
+        self.dim, self.heads, self.kind, self.causal = dim, heads, kind, causal
+
+    def __call__(self, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
+        check_tokens(x, self.dim)
+        k, q = self.phi.tokens(x), self.psi.tokens(x)
+        v = jnp.einsum("hdk,nd->nhk", self.g.weight, x)
+        o = {"softmax": softmax_attention, "identity": identity_attention, "elu1": elu1_attention}[self.kind](
+            q, k, v, self.causal)
+        return self.h.tokens(o)
+
+
+def softmax_attention(q, k, v, causal: bool):
+    s = jnp.einsum("nhk,mhk->hnm", q, k) / math.sqrt(q.shape[-1])
+    if causal:
+        n = q.shape[0]
+        s = jnp.where(jnp.tril(jnp.ones((n, n), bool)), s, -jnp.inf)
+    return jnp.einsum("hnm,mhk->nhk", jax.nn.softmax(s, axis=-1), v)
+
+
+def identity_attention(q, k, v, causal: bool):
+    n = q.shape[0]
+    if causal:
+        s = jnp.tril(jnp.einsum("nhk,mhk->hnm", q, k)) / jnp.arange(1, n + 1, dtype=q.dtype)[:, None]
+        return jnp.einsum("hnm,mhk->nhk", s, v)
+    return jnp.einsum("nhk,hkv->nhv", q, jnp.einsum("nhk,nhv->hkv", k, v) / n)
+
+
+def elu1_attention(q, k, v, causal: bool):
+    fq, fk = jax.nn.elu(q) + 1, jax.nn.elu(k) + 1
+    if causal:
+        s = jnp.tril(jnp.einsum("nhk,mhk->hnm", fq, fk))
+        return jnp.einsum("hnm,mhk->nhk", s, v) / jnp.sum(s, -1).T[..., None]
+    S, z = jnp.einsum("nhk,nhv->hkv", fk, v), jnp.sum(fk, axis=0)
+    return jnp.einsum("nhk,hkv->nhv", fq, S) / jnp.einsum("nhk,hk->nh", fq, z)[..., None]
+
+
+def _check_dims(dim, heads):
+    if not isinstance(dim, int) or not isinstance(heads, int) or dim < 1 or heads < 1:
+        raise SpecError(f"dim and heads must be positive ints, got dim={dim!r}, heads={heads!r}")
+    if dim % heads:
+        raise SpecError(f"heads={heads} must divide dim={dim}; pick heads from "
+                        f"{[h for h in range(1, dim + 1) if dim % h == 0][:12]}")
+
+
+def _options(name: str, options: dict, allowed: dict) -> dict:
+    unknown = set(options) - set(allowed)
+    if unknown:
+        raise SpecError(f"{name}: unknown option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    return {**allowed, **options}
+
+
+# --------------------------------------------------------------------------- presets
+def self_attention(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> Attention:
+    """Softmax attention (options: causal)."""
+    o = _options("self_attention", options, {"causal": False})
+    return Attention(dim, heads, kind="softmax", causal=o["causal"], key=key)
+
+
+def linear_attention(*, dim: int, heads: int, key: PRNGKeyArray, feature_map: str = "identity",
+                     **options) -> Attention:
+    """Linear attention, feature_map "identity" (1/n q^T K^T V) or "elu1" (options: causal)."""
+    if feature_map not in ("identity", "elu1"):
+        raise SpecError(f"linear_attention: feature_map must be 'identity' or 'elu1', got {feature_map!r}")
+    o = _options("linear_attention", options, {"causal": False})
+    return Attention(dim, heads, kind=feature_map, causal=o["causal"], key=key)
+
+
+_TTT_OPTIONS = {"steps": 1, "batching": "full", "chunk": 1, "lr": 1.0, "decoder_ln": False, "init": "zero",
+                "optimizer": None}
+
+
+def _ttt(name, learner, dim, heads, key, options, **defaults) -> TTTLayer:
+    _check_dims(dim, heads)
+    o = _options(name, options, {**_TTT_OPTIONS, **defaults})
+    opt = o["optimizer"] if o["optimizer"] is not None else optax.sgd(o["lr"])
+    return TTTLayer(dim, heads, learner, init=o["init"], task=Reconstruction(decoder_ln=o["decoder_ln"]),
+                    inner=Inner(steps=o["steps"], batching=o["batching"], chunk=o["chunk"], optimizer=opt),
+                    key=key)
+
+
+def mttt_linear(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:
+    """MTTT-Linear: f(z; W) = W z, W0 = 0 (options: steps, batching, chunk, lr, decoder_ln, init, optimizer)."""
+    _check_dims(dim, heads)
+    return _ttt("mttt_linear", Linear(dim // heads), dim, heads, key, options)
+
+
+def mttt_mlp(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:
+    """MTTT-MLP: f = 2-layer GELU MLP (hidden 4 d_h), learned W0, Decoder LN (same options)."""
+    _check_dims(dim, heads)
+    k_learner, k_layer = jax.random.split(key)
+    return _ttt("mttt_mlp", MLP(dim // heads, key=k_learner), dim, heads, k_layer, options,
+                init="learned", decoder_ln=True)
+
+
+def mttt_kernel(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:
+    """MTTT with a Nadaraya-Watson learner: softmax attention as a test-time learner."""
+    _check_dims(dim, heads)
+    o = _options("mttt_kernel", options, {"decoder_ln": False})
+    return TTTLayer(dim, heads, NadarayaWatson(), task=Reconstruction(decoder_ln=o["decoder_ln"]), key=key)
+
+
+PRESETS = {"self_attention": self_attention, "linear_attention": linear_attention,
+           "linear_attention_elu1": lambda **kw: linear_attention(feature_map="elu1", **kw),
+           "mttt_linear": mttt_linear, "mttt_mlp": mttt_mlp, "mttt_kernel": mttt_kernel}
+
+
+def get(name: str):
+    """The preset factory called `name` (a key of PRESETS)."""
+    if name not in PRESETS:
+        raise SpecError(f"unknown layer {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]

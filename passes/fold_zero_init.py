@@ -1,0 +1,151 @@
+"""fold_zero_init: propagate the known-zero W0 of init="zero" loops and delete the work it makes dead."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+from jax import lax
+from jax.extend.core import ClosedJaxpr
+
+from ttt_compile.interpret import add_any_p, constant, primitive_named, rewrite
+from ttt_compile.primitive import info, ttt_loop_p
+
+from . import note, register
+
+ASSUMES = "finite values (0*x = 0 and dot(0, x) = 0 only hold for finite x; 0/x needs x != 0)"
+
+
+@dataclasses.dataclass(frozen=True)
+class Zero:
+    """A value known to be all zeros, with its aval (never materialised unless needed)."""
+    aval: object
+
+
+def _is_zero(v) -> bool:
+    return isinstance(v, Zero)
+
+
+def _instantiate(v, aval):
+    return jnp.zeros(v.aval.shape, v.aval.dtype) if isinstance(v, Zero) else v
+
+
+def _zero_out(eqn):
+    return [Zero(v.aval) for v in eqn.outvars]
+
+
+def _fit(x, aval):
+    """x broadcast to the equation's output shape (vmap leaves implicit size-1 broadcasting)."""
+    return x if jnp.shape(x) == aval.shape else jnp.broadcast_to(x, aval.shape)
+
+
+class _Folder:
+    def __init__(self):
+        self.folded = 0
+
+    def hit(self, out):
+        self.folded += 1
+        return out
+
+    # ----- rules: each returns outvals, or None to fall through to the default -----
+    def all_zero(self, interp, eqn, invals, which=None):
+        idx = range(len(invals)) if which is None else which
+        if all(_is_zero(invals[i]) for i in idx):
+            return self.hit(_zero_out(eqn))
+        return interp.bind(eqn, invals)
+
+    def any_zero(self, interp, eqn, invals):
+        if any(_is_zero(v) for v in invals):
+            return self.hit(_zero_out(eqn))
+        return interp.bind(eqn, invals)
+
+    def add(self, interp, eqn, invals):
+        a, b = invals
+        out = eqn.outvars[0].aval
+        if _is_zero(a) and _is_zero(b):
+            return self.hit(_zero_out(eqn))
+        if _is_zero(a):
+            return self.hit([_fit(b, out)])
+        if _is_zero(b):
+            return self.hit([_fit(a, out)])
+        return interp.bind(eqn, invals)
+
+    def sub(self, interp, eqn, invals):
+        a, b = invals
+        out = eqn.outvars[0].aval
+        if _is_zero(b):
+            return self.hit(_zero_out(eqn) if _is_zero(a) else [_fit(a, out)])
+        if _is_zero(a):
+            return self.hit(interp.emit(lax.neg_p, _fit(b, out)))
+        return interp.bind(eqn, invals)
+
+    def broadcast_in_dim(self, interp, eqn, invals):
+        x = invals[0]
+        c = constant(x)
+        if _is_zero(x) or (c is not None and c.ndim == 0 and c == 0):
+            return self.hit(_zero_out(eqn))
+        return interp.bind(eqn, invals)
+
+    def integer_pow(self, interp, eqn, invals):
+        if _is_zero(invals[0]) and eqn.params["y"] > 0:
+            return self.hit(_zero_out(eqn))
+        return interp.bind(eqn, invals)
+
+    def loop(self, interp, eqn, invals):
+        """Peel the first step of an init='zero' loop: run it with W0 = Zero, loop over the rest."""
+        li = info(eqn.params)
+        consts, carry, xs = li.split(invals)
+        if li.init == "zero":
+            carry = [Zero(v.aval) for v in eqn.invars[li.num_consts:li.num_consts + li.num_weights]] \
+                + carry[li.num_weights:]
+        if not any(_is_zero(c) for c in carry):
+            return interp.bind(eqn, invals)
+        self.folded += 1
+        x0 = [lax.index_in_dim(x, 0, 0, keepdims=False) for x in xs]
+        out = interp.eval_closed(li.body, [*consts, *carry, *x0])
+        carry1, y0 = out[:li.num_carry], out[li.num_carry:]
+        y0 = [_instantiate(y, a) for y, a in zip(y0, li.body.out_avals[li.num_carry:])]
+        if li.steps == 1:
+            return [*carry1, *[y[None] for y in y0]]
+        params = {**eqn.params, "steps": li.steps - 1, "init": "learned"}
+        carry1 = [_instantiate(c, a) for c, a in zip(carry1, li.body.out_avals)]
+        tail = ttt_loop_p.bind(*consts, *carry1, *[x[1:] for x in xs], **params)
+        carry_t, ys = tail[:li.num_carry], tail[li.num_carry:]
+        return [*carry_t, *[jnp.concatenate([y[None], r]) for y, r in zip(y0, ys)]]
+
+
+_ZERO_PRESERVING = ("neg", "reduce_sum", "transpose", "reshape", "squeeze", "expand_dims",
+                    "convert_element_type", "copy", "copy_p", "reduce_precision", "slice", "rev",
+                    "cumsum", "sin", "tanh", "abs", "sign", "real", "imag", "sqrt")
+
+
+def _rules(folder: _Folder) -> dict:
+    by_name = {}
+    for name in _ZERO_PRESERVING:
+        prim = primitive_named(name)
+        if prim is not None:
+            by_name[prim] = lambda i, e, v: folder.all_zero(i, e, v, which=[0])
+    by_name.update({
+        lax.mul_p: folder.any_zero, lax.dot_general_p: folder.any_zero,
+        lax.div_p: lambda i, e, v: folder.all_zero(i, e, v, which=[0]),
+        lax.dynamic_slice_p: lambda i, e, v: folder.all_zero(i, e, v, which=[0]),
+        lax.concatenate_p: folder.all_zero, lax.pad_p: folder.all_zero,
+        lax.select_n_p: lambda i, e, v: folder.all_zero(i, e, v, which=list(range(1, len(v)))),
+        lax.add_p: folder.add, add_any_p: folder.add, lax.sub_p: folder.sub,
+        lax.broadcast_in_dim_p: folder.broadcast_in_dim, lax.integer_pow_p: folder.integer_pow,
+        ttt_loop_p: folder.loop,
+    })
+    return by_name
+
+
+@register("fold_zero_init", assumes=ASSUMES)
+def fold_zero_init(closed: ClosedJaxpr) -> ClosedJaxpr:
+    """Fold W0 = 0: 0*x = 0, x+0 = x, 0-x = -x, dot(0, .) = 0 through reshapes, transposes,
+    broadcasts, reductions and the inner gradient; an init='zero' ttt_loop has its first step peeled
+    and evaluated with symbolic zero weights.  Assumes finite values."""
+    folder = _Folder()
+    out = rewrite(closed, _rules(folder), _instantiate)
+    if not folder.folded:
+        note("did not apply: no ttt_loop with init='zero' and no known-zero values to fold")
+        return closed
+    note(f"folded {folder.folded} zero-valued operations; assumes {ASSUMES}")
+    return out

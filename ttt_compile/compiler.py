@@ -1,0 +1,149 @@
+"""`tc.compile`: trace a layer or model to a jaxpr with `ttt_loop` nodes, run named passes, and
+return a `Compiled` equinox Module that evaluates the final program (differentiable in the
+model's outer parameters, so an optax outer loop trains it)."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Sequence
+
+import equinox as eqx
+import jax
+from jax.extend.core import ClosedJaxpr, jaxpr_as_fun
+
+from . import passes as P
+from .cost import Cost, measure
+from .interpret import count_eqns
+from .primitive import contains_loop, emitting
+from .spec import SpecError
+
+#: The best pipeline for any spec: each pass applies only where its rewrite pays off and notes why not.
+DEFAULT = ("checkpoint", "sgd_batch", "unroll", "fold_zero_init", "simplify", "cse", "dce", "lower")
+
+
+class _Cache:
+    """A mutable cost cache with identity hash (so the Module stays hashable under filter_jit)."""
+
+    def __init__(self):
+        self.costs: dict[int, Cost] = {}
+
+
+class Compiled(eqx.Module):
+    """A traced, optimised program.  `params` are the model's float leaves (the outer parameters)."""
+
+    params: Any
+    jaxpr: ClosedJaxpr = eqx.field(static=True)
+    in_tree: Any = eqx.field(static=True)
+    in_avals: tuple = eqx.field(static=True)
+    out_tree: Any = eqx.field(static=True)
+    pipeline: tuple = eqx.field(static=True)         # (pass name, ClosedJaxpr, notes)
+    _cache: _Cache = eqx.field(static=True)
+
+    def __call__(self, *args):
+        leaves, tree = jax.tree_util.tree_flatten(args)
+        avals = tuple((tuple(jax.numpy.shape(x)), jax.numpy.result_type(x)) for x in leaves)
+        if tree != self.in_tree or avals != self.in_avals:
+            raise ValueError(
+                "the compiled program was traced for inputs " + _fmt(self.in_avals) + " but got "
+                + _fmt(avals) + "; compile again with an example of the new shape: tc.compile(model, x)")
+        out = jaxpr_as_fun(self.jaxpr)(*jax.tree_util.tree_leaves(self.params), *leaves)
+        return jax.tree_util.tree_unflatten(self.out_tree, out)
+
+    @property
+    def stages(self) -> list[tuple[str, ClosedJaxpr, Cost]]:
+        """[(pass name, program after it, its Cost)]; the first stage is the traced program."""
+        out = []
+        for i, (name, jaxpr, _) in enumerate(self.pipeline):
+            if i not in self._cache.costs:
+                self._cache.costs[i] = measure(jaxpr)
+            out.append((name, jaxpr, self._cache.costs[i]))
+        return out
+
+    @property
+    def notes(self) -> list[tuple[str, tuple[str, ...]]]:
+        return [(name, notes) for name, _, notes in self.pipeline]
+
+    def report(self, jaxprs: bool = False) -> str:
+        """Per stage: equations, FLOPs, bytes accessed, compiled temp memory, and the pass's notes."""
+        lines = [f"{'stage':<16}{'eqns':>7}{'FLOPs':>14}{'bytes':>14}{'temp bytes':>14}"]
+        for (name, jaxpr, cost), (_, notes) in zip(self.stages, self.notes):
+            lines.append(f"{name:<16}{cost.eqns:>7}{cost.flops:>14.4g}{cost.bytes:>14.4g}{cost.temp_bytes:>14,}")
+            lines.extend(f"{'':<4}- {n}" for n in notes)
+            if jaxprs:
+                lines.append(str(jaxpr))
+        return "\n".join(lines)
+
+
+def _fmt(avals) -> str:
+    return ", ".join(f"{dt}{list(s)}" for s, dt in avals) or "()"
+
+
+def resolve(passes) -> list[tuple[str, Callable]]:
+    """'default' | 'none' | a sequence of names, (name, options) pairs or pass functions."""
+    if isinstance(passes, str):
+        if passes == "default":
+            passes = DEFAULT
+        elif passes == "none":
+            passes = ()
+        else:
+            passes = [p.strip() for p in passes.split(",") if p.strip()]
+    if not isinstance(passes, Sequence):
+        raise SpecError(f"passes must be 'default', 'none' or a list of pass names, got {type(passes).__name__}")
+    out = []
+    for p in passes:
+        if isinstance(p, str):
+            out.append((p, P.get(p)))
+        elif isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], dict):
+            out.append((p[0], P.get(p[0], **p[1])))
+        elif callable(p):
+            fn = p.func if isinstance(p, functools.partial) else p
+            out.append((getattr(fn, "pass_name", getattr(fn, "__name__", "pass")), p))
+        else:
+            raise SpecError(f"passes: {p!r} is not a pass name, a (name, options) pair or a function; "
+                            f"available passes: {', '.join(P.available())}")
+    return out
+
+
+def trace(model, *args) -> tuple[ClosedJaxpr, Any, Any, Any]:
+    """The model's program with `ttt_loop` equations: inputs are (float leaves of model, *args)."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    p_leaves, p_tree = jax.tree_util.tree_flatten(params)
+    a_leaves, a_tree = jax.tree_util.tree_flatten(args)
+    out_tree = []
+
+    def fn(*leaves):
+        p = jax.tree_util.tree_unflatten(p_tree, leaves[:len(p_leaves)])
+        a = jax.tree_util.tree_unflatten(a_tree, leaves[len(p_leaves):])
+        out, tree = jax.tree_util.tree_flatten(eqx.combine(p, static)(*a))
+        out_tree.append(tree)
+        return out
+
+    with emitting():
+        closed = jax.make_jaxpr(fn)(*p_leaves, *a_leaves)
+    return closed, params, a_tree, out_tree[0]
+
+
+def compile(model: Callable, *args, passes="default") -> Compiled:  # noqa: A001 - the public name
+    """Trace `model(*args)` (any eqx.Module, TTT layers anywhere inside), run `passes`, return a
+    `Compiled` module.  A `lower` stage is appended if a ttt_loop survives the given passes."""
+    if not callable(model):
+        raise SpecError(f"tc.compile: model must be callable (an eqx.Module), got {type(model).__name__}")
+    pipeline = resolve(passes)
+    closed, params, a_tree, out_tree = trace(model, *args)
+    stages = [("trace", closed, ())]
+    for name, fn in pipeline:
+        with P.collecting_notes() as notes:
+            closed = fn(closed)
+        if not isinstance(closed, ClosedJaxpr):
+            raise TypeError(f"pass {name!r} returned {type(closed).__name__}, not a ClosedJaxpr")
+        stages.append((name, closed, tuple(notes)))
+    if contains_loop(closed):
+        with P.collecting_notes() as notes:
+            closed = P.lower(closed)
+        stages.append(("lower", closed, ("appended: a ttt_loop remained after the given passes", *notes)))
+    a_leaves = jax.tree_util.tree_leaves(args)
+    in_avals = tuple((tuple(jax.numpy.shape(x)), jax.numpy.result_type(x)) for x in a_leaves)
+    return Compiled(params=params, jaxpr=closed, in_tree=a_tree, in_avals=in_avals, out_tree=out_tree,
+                    pipeline=tuple(stages), _cache=_Cache())
+
+
+__all__ = ["compile", "Compiled", "DEFAULT", "resolve", "trace", "count_eqns"]

@@ -1,0 +1,276 @@
+"""`TTTLayer`: an attention layer whose every head runs an inner loop (the reference semantics).
+
+For one sequence X = (x_1..x_n) and head k, with keys phi_k(x_i), queries psi_k(x_j), decoder g_k:
+
+    l_k(W; X) = 1/(2n) sum_i || g_k(f(phi_k(x_i); W)) - x_i ||^2
+    W_{t+1}   = W_t + u_t,   (u_t, s_{t+1}) = optimizer.update(grad l_k(W_t; X_t), s_t, W_t)
+    out_j     = h( [f(psi_k(x_j); W_T)]_k )        (h sums the heads' output maps)
+
+X_t is all of X (batching="full"), the t-th of T contiguous mini-batches ("sgd"), or the t-th
+chunk of a causal pass ("online", where token j reads the weights after learning from tokens <= j).
+The plain call runs this with jax.grad inside lax.scan; under `tc.compile` the same code emits
+one `ttt_loop` per layer for the passes to rewrite.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from .learners import NonParametric
+from .primitive import ttt_loop
+from .spec import Inner, Reconstruction, SpecError
+
+
+# --------------------------------------------------------------------------- outer maps
+class Project(eqx.Module):
+    """phi or psi: one token (d,) -> (heads, d_h), z_k = P_k x."""
+
+    weight: Float[Array, "heads dh d"]
+
+    def __init__(self, dim: int, heads: int, *, key: PRNGKeyArray):
+        self.weight = jax.random.normal(key, (heads, dim // heads, dim)) / math.sqrt(dim)
+
+    def __call__(self, x: Float[Array, " d"]) -> Float[Array, "heads dh"]:
+        return jnp.einsum("hkd,d->hk", self.weight, x)
+
+    def tokens(self, x: Float[Array, "n d"]) -> Float[Array, "n heads dh"]:
+        """The map applied to every token (one matmul)."""
+        return jnp.einsum("hkd,nd->nhk", self.weight, x)
+
+
+class Decoder(eqx.Module):
+    """g: (heads, d_h) -> (heads, d), g_k(z) = G_k z, or LN(G_k z) with the paper's Decoder LN."""
+
+    weight: Float[Array, "heads d dh"]
+    ln: eqx.nn.LayerNorm | None
+
+    def __init__(self, dim: int, heads: int, *, decoder_ln: bool, key: PRNGKeyArray):
+        self.weight = jax.random.normal(key, (heads, dim, dim // heads)) / math.sqrt(dim // heads)
+        self.ln = eqx.nn.LayerNorm(dim) if decoder_ln else None
+
+    def __call__(self, z: Float[Array, "heads dh"]) -> Float[Array, "heads d"]:
+        return jax.vmap(decode, in_axes=(0, None, 0))(self.weight, self.ln, z)
+
+
+def decode(G: Float[Array, "d dh"], ln, z: Float[Array, " dh"]) -> Float[Array, " d"]:
+    """One head's decoder g_k(z) = G_k z  (then LN if the task asks for it)."""
+    y = G @ z
+    return y if ln is None else ln(y)
+
+
+class Output(eqx.Module):
+    """h: (heads, d_h) -> (d,), h(o) = sum_k O_k o_k + b."""
+
+    weight: Float[Array, "d heads dh"]
+    bias: Float[Array, " d"]
+
+    def __init__(self, dim: int, heads: int, *, key: PRNGKeyArray):
+        self.weight = jax.random.normal(key, (dim, heads, dim // heads)) / math.sqrt(dim)
+        self.bias = jnp.zeros((dim,))
+
+    def __call__(self, o: Float[Array, "heads dh"]) -> Float[Array, " d"]:
+        return jnp.einsum("dhk,hk->d", self.weight, o) + self.bias
+
+    def tokens(self, o: Float[Array, "n heads dh"]) -> Float[Array, "n d"]:
+        """The map applied to every token (one matmul)."""
+        return jnp.einsum("dhk,nhk->nd", self.weight, o) + self.bias
+
+
+# --------------------------------------------------------------------------- input checks
+def check_tokens(x: Any, dim: int, what: str = "x") -> None:
+    """Shapes and dtypes at the public boundary: one clear error naming the fix."""
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{what}: expected an array of tokens with shape (n, {dim}), got {type(x).__name__}")
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(f"{what}: expected a float array, got dtype {x.dtype}; cast it, e.g. "
+                        f"{what}.astype(jnp.float32)")
+    if x.ndim != 2:
+        raise ValueError(f"{what}: expected shape (n, {dim}) for one sequence, got {tuple(x.shape)}; "
+                         f"for a batch use jax.vmap(layer)({what})")
+    if x.shape[-1] != dim:
+        raise ValueError(f"{what}: token dimension is {x.shape[-1]} but the layer was built with dim={dim}; "
+                         f"build the layer with dim={x.shape[-1]} or project the tokens to {dim}")
+
+
+# --------------------------------------------------------------------------- the layer
+class TTTLayer(eqx.Module):
+    """A multi-head TTT layer: H independent inner loops with fast weights W, outer maps phi, psi, g, h."""
+
+    phi: Project
+    psi: Project
+    g: Decoder
+    h: Output
+    W0: Any                      # stacked over heads (init="learned"), else None
+    dim: int = eqx.field(static=True)
+    heads: int = eqx.field(static=True)
+    init: str = eqx.field(static=True)
+    inner: Inner = eqx.field(static=True)
+    task: Reconstruction = eqx.field(static=True)
+    learner: Any = eqx.field(static=True)        # the learner's non-array part (eqx.partition)
+    fast_shape: Any = eqx.field(static=True)     # one head's fast weights as ShapeDtypeStructs
+    nonparametric: bool = eqx.field(static=True)
+
+    def __init__(self, dim: int, heads: int, learner: eqx.Module, *, init: str = "zero",
+                 task: Reconstruction = Reconstruction(), inner: Inner = Inner(), key: PRNGKeyArray):
+        if not isinstance(dim, int) or not isinstance(heads, int) or dim < 1 or heads < 1:
+            raise SpecError(f"TTTLayer: dim and heads must be positive ints, got dim={dim!r}, heads={heads!r}")
+        if dim % heads:
+            raise SpecError(f"TTTLayer.heads={heads} must divide dim={dim} (each head has d/H dims); "
+                            f"pick heads from {[h for h in range(1, dim + 1) if dim % h == 0][:12]}")
+        if init not in ("zero", "learned"):
+            raise SpecError(f"TTTLayer.init must be 'zero' or 'learned', got {init!r}")
+        if not isinstance(task, Reconstruction):
+            raise SpecError(f"TTTLayer.task must be tc.Reconstruction(...), got {type(task).__name__}")
+        if not isinstance(inner, Inner):
+            raise SpecError(f"TTTLayer.inner must be tc.Inner(...), got {type(inner).__name__}")
+        if not isinstance(learner, eqx.Module):
+            raise SpecError(f"TTTLayer.learner must be an equinox Module, got {type(learner).__name__}")
+        self.dim, self.heads, self.init, self.inner, self.task = dim, heads, init, inner, task
+        dh = dim // heads
+        self.nonparametric = isinstance(learner, NonParametric)
+        if self.nonparametric:
+            self.learner, self.fast_shape, self.W0 = learner, None, None
+        else:
+            params, self.learner = eqx.partition(learner, eqx.is_inexact_array)
+            if not jax.tree_util.tree_leaves(params):
+                raise SpecError(f"TTTLayer.learner ({type(learner).__name__}) has no float array leaves, so "
+                                "there are no fast weights W to learn; give it array fields (e.g. "
+                                "W: Float[Array, 'dh dh']) or subclass tc.learners.NonParametric")
+            try:
+                out = jax.eval_shape(lambda p: eqx.combine(p, self.learner)(jnp.zeros(dh)), params)
+            except Exception as e:  # noqa: BLE001 - re-raised with the fix
+                raise SpecError(f"TTTLayer.learner ({type(learner).__name__}) must map one head's token of "
+                                f"shape ({dh},) (d_h = dim/heads) to ({dh},); calling it failed: {e}") from e
+            if getattr(out, "shape", None) != (dh,):
+                raise SpecError(f"TTTLayer.learner ({type(learner).__name__}) must map ({dh},) to ({dh},) "
+                                f"(d_h = dim/heads = {dh}), but it returns {getattr(out, 'shape', out)}")
+            self.fast_shape = jax.eval_shape(lambda: params)
+            self.W0 = (jax.tree.map(lambda a: jnp.broadcast_to(a, (heads, *a.shape)), params)
+                       if init == "learned" else None)
+        kp, kq, kg, kh = jax.random.split(key, 4)
+        self.phi = Project(dim, heads, key=kp)
+        self.psi = Project(dim, heads, key=kq)
+        self.g = Decoder(dim, heads, decoder_ln=task.decoder_ln, key=kg)
+        self.h = Output(dim, heads, key=kh)
+
+    # ----------------------------------------------------------------- public
+    def __call__(self, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
+        check_tokens(x, self.dim)
+        k, q = self.phi.tokens(x), self.psi.tokens(x)                       # (n, H, d_h)
+        head = self._nonparametric_head if self.nonparametric else self._parametric_head
+        o = jax.vmap(head, in_axes=(0, 0, None, 1, 1, None), out_axes=1)(
+            self._W0(), self.g.weight, self.g.ln, k, q, x)                   # (n, H, d_h)
+        return self.h.tokens(o)
+
+    def inner_losses(self, x: Float[Array, "n d"]) -> Float[Array, "heads steps_plus_1"]:
+        """l_k(W_t; X) for t = 0..T (before the first step and after each), per head: Figure 1 right."""
+        check_tokens(x, self.dim)
+        if self.nonparametric or self.inner.batching == "online":
+            raise SpecError("inner_losses needs a parametric learner with batching 'full' or 'sgd'")
+        k = self.phi.tokens(x)
+
+        def per_head(W0, G, ln, k):
+            Ws = self._weights_sequence(W0, G, ln, k, x)
+            return jax.vmap(lambda W: reconstruction_loss(W, self.learner, G, ln, k, x))(Ws)
+        return jax.vmap(per_head, in_axes=(0, 0, None, 1))(self._W0(), self.g.weight, self.g.ln, k)
+
+    # ----------------------------------------------------------------- inner loop, one head
+    def _W0(self):
+        if self.nonparametric:
+            return jnp.zeros((self.heads,))         # nothing to learn; keeps vmap's in_axes uniform
+        if self.init == "learned":
+            return self.W0
+        return jax.tree.map(lambda s: jnp.zeros((self.heads, *s.shape), s.dtype), self.fast_shape)
+
+    def _nonparametric_head(self, _, G, ln, k, q, x):
+        labels = jax.vmap(lambda xi: -jax.grad(lambda z: token_loss(decode(G, ln, z), xi))(
+            jnp.zeros(k.shape[-1], x.dtype)))(x)
+        state = self.learner.fit(k, labels)
+        return jax.vmap(lambda qj: self.learner.predict(state, qj))(q)
+
+    def _parametric_head(self, W0, G, ln, k, q, x):
+        n = x.shape[0]
+        steps, b = self.inner.blocks(n)
+        opt, static = self.inner.optimizer, self.learner
+        carry = (W0, opt.init(W0))
+        nw = len(jax.tree_util.tree_leaves(W0))
+        if self.inner.batching == "online":
+            xs = (k.reshape(steps, b, -1), q.reshape(steps, b, -1), x.reshape(steps, b, -1))
+            _, ys = ttt_loop(online_step(opt, static), (G, ln), carry, xs, steps=steps,
+                             schedule="online", init=self.init, num_weights=nw)
+            return ys.reshape(n, -1)
+        if self.inner.batching == "sgd":
+            consts, xs = (G, ln), (k.reshape(steps, b, -1), x.reshape(steps, b, -1))
+        else:
+            consts, xs = (G, ln, k, x), None
+        (WT, _), _ = ttt_loop(batch_step(opt, static), consts, carry, xs, steps=steps,
+                              schedule=self.inner.batching, init=self.init, num_weights=nw)
+        return jax.vmap(lambda qj: eqx.combine(WT, static)(qj))(q)
+
+    def _weights_sequence(self, W0, G, ln, k, x):
+        """W_0..W_T of one head (reference path only), stacked on a leading axis."""
+        steps, b = self.inner.blocks(x.shape[0])
+        opt, static = self.inner.optimizer, self.learner
+        if self.inner.batching == "sgd":
+            consts, xs = (G, ln), (k.reshape(steps, b, -1), x.reshape(steps, b, -1))
+        else:
+            consts, xs = (G, ln, k, x), None
+        step = batch_step(opt, static)
+
+        def keep(carry, xt):
+            new, _ = step(consts, carry, xt)
+            return new, new[0]
+        _, Ws = jax.lax.scan(keep, (W0, opt.init(W0)), xs, length=steps)
+        return jax.tree.map(lambda a, w: jnp.concatenate([a[None], w]), W0, Ws)
+
+
+# --------------------------------------------------------------------------- the math, as pure functions
+def token_loss(pred: Float[Array, " d"], x: Float[Array, " d"]) -> Float[Array, ""]:
+    """1/2 ||g(f(phi(x))) - x||^2 for one token."""
+    return 0.5 * jnp.sum((pred - x) ** 2)
+
+
+def reconstruction_loss(W, static, G, ln, k: Float[Array, "b dh"], x: Float[Array, "b d"]) -> Float[Array, ""]:
+    """l(W; X) = 1/(2b) sum_i ||g(f(k_i; W)) - x_i||^2 over the b tokens given."""
+    f = eqx.combine(W, static)
+    pred = jax.vmap(lambda ki: decode(G, ln, f(ki)))(k)
+    return 0.5 * jnp.mean(jnp.sum((pred - x) ** 2, axis=-1))
+
+
+def batch_step(opt: optax.GradientTransformation, static):
+    """One full-batch or mini-batch step: W <- W + u, (u, s) = opt.update(grad l(W; X_t), s, W)."""
+    def step(consts, carry, xt):
+        if xt is None:
+            G, ln, k, x = consts
+        else:
+            (G, ln), (k, x) = consts, xt
+        W, s = carry
+        grads = jax.grad(reconstruction_loss)(W, static, G, ln, k, x)
+        updates, s = opt.update(grads, s, W)
+        return (optax.apply_updates(W, updates), s), None
+    return step
+
+
+def online_step(opt: optax.GradientTransformation, static):
+    """One causal chunk of b tokens starting from weights W:
+    g_i = grad 1/2||g(f(k_i; W)) - x_i||^2,  W_i = W + update(sum_{j<=i} g_j),  y_i = f(q_i; W_i);
+    the chunk hands W_b (and its optimizer state) to the next chunk."""
+    def step(consts, carry, xt):
+        G, ln = consts
+        W, s = carry
+        k, q, x = xt
+        grads = jax.vmap(jax.grad(lambda W, ki, xi: token_loss(decode(G, ln, eqx.combine(W, static)(ki)), xi)),
+                         in_axes=(None, 0, 0))(W, k, x)
+        cumulative = jax.tree.map(lambda g: jnp.cumsum(g, axis=0), grads)
+        updates, states = jax.vmap(opt.update, in_axes=(0, None, None))(cumulative, s, W)
+        Ws = jax.tree.map(lambda w, u: w + u, W, updates)
+        y = jax.vmap(lambda Wi, qi: eqx.combine(Wi, static)(qi))(Ws, q)
+        last = jax.tree.map(lambda a: a[-1], (Ws, states))
+        return last, y
+    return step

@@ -1,0 +1,75 @@
+"""Ready-made inner-loop learners f(z; W).
+
+A parametric learner is any `eqx.Module` whose inexact-array leaves are the fast weights W and whose
+`__call__` maps one token z in R^{d_h} to R^{d_h}.  A non-parametric learner subclasses
+`NonParametric`: `fit` stores what it needs from the keys and labels, `predict` answers a query.
+"""
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+
+class Linear(eqx.Module):
+    """f(z; W) = W z.  With W0 = 0 and one GD step of size eta=1, MTTT-Linear is linear attention."""
+
+    W: Float[Array, "dout din"]
+
+    def __init__(self, din: int, dout: int | None = None, *, key: PRNGKeyArray | None = None):
+        dout = din if dout is None else dout
+        self.W = (jnp.zeros((dout, din)) if key is None
+                  else jax.random.normal(key, (dout, din)) / math.sqrt(din))
+
+    def __call__(self, z: Float[Array, " din"]) -> Float[Array, " dout"]:
+        return self.W @ z
+
+
+class MLP(eqx.Module):
+    """f(z; W) = W2 gelu(W1 z + b1) + b2, hidden width 4 d_h (the paper's MTTT-MLP)."""
+
+    W1: Float[Array, "hidden din"]
+    b1: Float[Array, " hidden"]
+    W2: Float[Array, "dout hidden"]
+    b2: Float[Array, " dout"]
+
+    def __init__(self, din: int, dout: int | None = None, *, hidden: int | None = None, key: PRNGKeyArray):
+        dout = din if dout is None else dout
+        hidden = 4 * din if hidden is None else hidden
+        k1, k2 = jax.random.split(key)
+        self.W1 = jax.random.normal(k1, (hidden, din)) / math.sqrt(din)
+        self.b1 = jnp.zeros((hidden,))
+        self.W2 = jax.random.normal(k2, (dout, hidden)) / math.sqrt(hidden)
+        self.b2 = jnp.zeros((dout,))
+
+    def __call__(self, z: Float[Array, " din"]) -> Float[Array, " dout"]:
+        return self.W2 @ jax.nn.gelu(self.W1 @ z + self.b1) + self.b2
+
+
+class NonParametric(eqx.Module):
+    """A learner whose 'training' stores data: fit(keys, labels) -> state; predict(state, q) -> out."""
+
+    def fit(self, keys: Float[Array, "n dk"], labels: Float[Array, "n dv"]):
+        raise NotImplementedError
+
+    def predict(self, state, q: Float[Array, " dk"]) -> Float[Array, " dv"]:
+        raise NotImplementedError
+
+
+class NadarayaWatson(NonParametric):
+    """Kernel regression  f(q) = sum_i k(q, k_i) v_i / sum_i k(q, k_i),  k(q, k) = exp(q.k / sqrt(d_h)).
+
+    Fitting stores the keys k_i = phi(x_i) and labels v_i; with the reconstruction task the labels
+    are v_i = -grad_z l(z; x_i) at z = 0 (for a linear decoder g(z) = G z: v_i = G^T x_i), which
+    makes the layer exactly softmax attention with values G^T x_i.
+    """
+
+    def fit(self, keys, labels):
+        return keys, labels
+
+    def predict(self, state, q):
+        keys, labels = state
+        return jax.nn.softmax(keys @ q / math.sqrt(q.shape[-1])) @ labels

@@ -1,0 +1,187 @@
+"""The IR's one addition to jaxpr: the higher-order primitive `ttt_loop`.
+
+    carry_T, ys = ttt_loop[body, steps, schedule, init, ...](*consts, *carry_0, *xs)
+
+means  for t in 0..steps-1:  carry_{t+1}, ys[t] = body(*consts, *carry_t, *xs[t])  -- a scan whose
+parameters also say what the loop *is* (an inner loop of fast weights: `schedule` full/sgd/online,
+`init` zero/learned, which carry leaves are the weights W and which the optimizer state, and how the
+backward pass should store it, `remat`).  Passes read those parameters to rewrite the loop; `lower`
+replaces it by `lax.scan`.  The impl (also its MLIR lowering, so `jax.jit` of an un-lowered program
+runs) is that scan, so an un-lowered program has the reference meaning.
+
+The layer emits `ttt_loop` only while tracing for compilation (`emitting()`); the plain call path
+runs `lax.scan` directly and never touches this primitive.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.extend.core import ClosedJaxpr, Primitive, jaxpr_as_fun
+from jax.interpreters import ad, batching, mlir
+
+ttt_loop_p = Primitive("ttt_loop")
+ttt_loop_p.multiple_results = True
+
+REMAT_SCHEMES = (None, "step", "sqrt", "log")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopInfo:
+    """The static meaning of one `ttt_loop` equation, parsed from its params."""
+
+    body: ClosedJaxpr
+    steps: int
+    schedule: str
+    init: str
+    num_consts: int
+    num_carry: int
+    num_weights: int
+    remat: str | None
+
+    def split(self, args):
+        c, k = self.num_consts, self.num_consts + self.num_carry
+        return list(args[:c]), list(args[c:k]), list(args[k:])
+
+
+def info(params: dict) -> LoopInfo:
+    return LoopInfo(**{f.name: params[f.name] for f in dataclasses.fields(LoopInfo)})
+
+
+_EMIT = contextvars.ContextVar("ttt_compile_emit", default=False)
+
+
+@contextlib.contextmanager
+def emitting():
+    """Within this context TTT layers trace their inner loops as `ttt_loop` equations."""
+    token = _EMIT.set(True)
+    try:
+        yield
+    finally:
+        _EMIT.reset(token)
+
+
+def is_emitting() -> bool:
+    return _EMIT.get()
+
+
+# --------------------------------------------------------------------------- semantics
+def scan_body(body: ClosedJaxpr, num_consts: int, num_carry: int) -> Callable:
+    """The loop body as a lax.scan step function  (carry, x_t) -> (carry', y_t)  closing over consts."""
+    fun = jaxpr_as_fun(body)
+
+    def make(consts):
+        def step(carry, xs):
+            out = fun(*consts, *carry, *xs)
+            return list(out[:num_carry]), list(out[num_carry:])
+        return step
+    return make
+
+
+def _impl(*args, **params):
+    li = info(params)
+    consts, carry, xs = li.split(args)
+    carry, ys = lax.scan(scan_body(li.body, li.num_consts, li.num_carry)(consts), carry, xs, length=li.steps)
+    return [*carry, *ys]
+
+
+def _abstract_eval(*avals, **params):
+    li = info(params)
+    _, carry, _ = li.split(avals)
+    y_avals = [a.update(shape=(li.steps, *a.shape)) for a in li.body.out_avals[li.num_carry:]]
+    return [*carry, *y_avals]
+
+
+def _batch(axis_data, vals, dims, **params):
+    """vmap: consts and carry batched on axis 0, xs on axis 1 (axis 0 is the step axis); all carry
+    leaves are batched (an unbatched W0 becomes batched after one step with batched data)."""
+    li = info(params)
+    consts, carry, xs = li.split(vals)
+    cd, kd, xd = li.split(dims)
+    size = axis_data.size
+    consts = [c if d is None else jnp.moveaxis(c, d, 0) for c, d in zip(consts, cd)]
+    carry = [jnp.broadcast_to(c, (size, *jnp.shape(c))) if d is None else jnp.moveaxis(c, d, 0)
+             for c, d in zip(carry, kd)]
+    xs = [x if d is None else jnp.moveaxis(x, d, 1) for x, d in zip(xs, xd)]
+    in_axes = ([None if d is None else 0 for d in cd] + [0] * len(carry)
+               + [None if d is None else 0 for d in xd])
+    fun = jaxpr_as_fun(li.body)
+    sliced = [jax.ShapeDtypeStruct(x.shape[1:], x.dtype) for x in xs]
+    abstract = [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in consts + carry] + sliced
+    body = jax.make_jaxpr(jax.vmap(lambda *a: fun(*a), in_axes=in_axes, axis_size=size,
+                                   axis_name=axis_data.name, spmd_axis_name=axis_data.spmd_name))(*abstract)
+    out = ttt_loop_p.bind(*consts, *carry, *xs, **{**params, "body": body})
+    ny = len(out) - li.num_carry
+    return out, [0] * li.num_carry + [1] * ny
+
+
+def _jvp(primals, tangents, **params):
+    """Differentiating an un-lowered loop differentiates its impl (it becomes a scan under AD)."""
+    tangents = [ad.instantiate_zeros(t) for t in tangents]
+    return jax.jvp(lambda *a: _impl(*a, **params), list(primals), tangents)
+
+
+ttt_loop_p.def_impl(_impl)
+ttt_loop_p.def_abstract_eval(_abstract_eval)
+batching.fancy_primitive_batchers[ttt_loop_p] = _batch
+ad.primitive_jvps[ttt_loop_p] = _jvp
+mlir.register_lowering(ttt_loop_p, mlir.lower_fun(_impl, multiple_results=True))
+
+
+# --------------------------------------------------------------------------- the user-facing helper
+def trace_body(fun: Callable, *arg_trees) -> tuple[ClosedJaxpr, list[Any], Any]:
+    """Trace `fun(*arg_trees)` to a ClosedJaxpr whose consts are hoisted into leading inputs.
+
+    Returns (jaxpr, hoisted_consts, out_tree).  Hoisting keeps outer tracers that `fun` closes over
+    out of `ClosedJaxpr.consts` (they become explicit operands of the loop instead).
+    """
+    flat, in_tree = jax.tree_util.tree_flatten(arg_trees)
+    out_tree = []
+
+    def flat_fun(*leaves):
+        out = fun(*jax.tree_util.tree_unflatten(in_tree, leaves))
+        leaves_out, tree = jax.tree_util.tree_flatten(out)
+        out_tree.append(tree)
+        return leaves_out
+
+    closed = jax.make_jaxpr(flat_fun)(*[jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in flat])
+    jaxpr = closed.jaxpr
+    hoisted = list(closed.consts)
+    if jaxpr.constvars:
+        jaxpr = jaxpr.replace(constvars=[], invars=[*jaxpr.constvars, *jaxpr.invars])
+    return ClosedJaxpr(jaxpr, []), hoisted, out_tree[0]
+
+
+def ttt_loop(step: Callable, consts, carry, xs, *, steps: int, schedule: str, init: str, num_weights: int):
+    """Run `carry, y_t = step(consts, carry, x_t)` for `steps` steps; xs leaves have a leading step axis.
+
+    Plain call path: `lax.scan`.  While `emitting()`: one `ttt_loop` equation whose body is `step`
+    traced with every input explicit.  `num_weights` is how many leading carry leaves are the fast
+    weights W (the rest is optimizer state).
+    """
+    if not is_emitting():
+        return lax.scan(lambda c, x: step(consts, c, x), carry, xs, length=steps)
+    x_t = jax.tree.map(lambda a: jax.ShapeDtypeStruct(jnp.shape(a)[1:], jnp.result_type(a)), xs)
+    body, hoisted, out_tree = trace_body(step, consts, carry, x_t)
+    flat_consts = jax.tree_util.tree_leaves(consts)
+    flat_carry, carry_tree = jax.tree_util.tree_flatten(carry)
+    flat_xs = jax.tree_util.tree_leaves(xs)
+    out = ttt_loop_p.bind(*hoisted, *flat_consts, *flat_carry, *flat_xs, body=body, steps=steps,
+                          schedule=schedule, init=init, num_consts=len(hoisted) + len(flat_consts),
+                          num_carry=len(flat_carry), num_weights=num_weights, remat=None)
+    carry_out = jax.tree_util.tree_unflatten(carry_tree, out[:len(flat_carry)])
+    _, ys_tree = out_tree.children()
+    return carry_out, jax.tree_util.tree_unflatten(ys_tree, out[len(flat_carry):])
+
+
+def contains_loop(jaxpr) -> bool:
+    """Whether a (Closed)Jaxpr has a `ttt_loop` anywhere, sub-jaxprs included."""
+    from jax.extend.core import jaxprs_in_params
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    return any(e.primitive is ttt_loop_p or any(contains_loop(j) for j in jaxprs_in_params(e.params))
+               for e in jaxpr.eqns)

@@ -1,0 +1,86 @@
+"""The declarative side of an inner loop: which task, how many steps, which optimizer.
+
+These are small frozen records validated at construction: a bad field raises `SpecError`
+naming the field and the fix, never a silent wrong answer later inside a trace.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+import optax
+
+Batching = Literal["full", "sgd", "online"]
+Init = Literal["zero", "learned"]
+
+
+class SpecError(ValueError):
+    """A layer, learner or inner-loop spec that cannot be built; the message names the field and the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reconstruction:
+    """The paper's self-supervised task  l(W; X) = 1/(2n) sum_i ||g(f(phi(x_i); W)) - x_i||^2.
+
+    phi (corruption/key map) and psi (query map) take a token to d_h per head, g decodes d_h back
+    to the token dimension d (each head reconstructs the whole token) and h maps the heads'
+    outputs back to d.  `decoder_ln=True` is the paper's "Decoder LN": g(z) = LN(G z).
+    """
+
+    decoder_ln: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.decoder_ln, bool):
+            raise SpecError(f"Reconstruction.decoder_ln must be a bool, got {self.decoder_ln!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Inner:
+    """How the fast weights W learn at test time.
+
+    steps      T, the number of inner gradient steps (full, sgd).
+    batching   "full": every step uses all n tokens;  "sgd": the n tokens are split into `steps`
+               contiguous mini-batches of n/T, one step each;  "online": causal, chunks of `chunk`
+               tokens, token t predicted with the weights after learning from tokens 1..t.
+    chunk      b for batching="online": gradients of a chunk are taken at its starting weights and
+               token t sums the updates of its chunk's tokens up to and including t.
+    optimizer  any optax GradientTransformation; the paper uses plain GD, optax.sgd(eta) with eta=1.
+    """
+
+    steps: int = 1
+    batching: Batching = "full"
+    optimizer: optax.GradientTransformation = dataclasses.field(default_factory=lambda: optax.sgd(1.0))
+    chunk: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
+            raise SpecError(f"Inner.steps must be a positive int, got {self.steps!r}")
+        if self.batching not in ("full", "sgd", "online"):
+            raise SpecError(f"Inner.batching must be 'full', 'sgd' or 'online', got {self.batching!r}")
+        if not isinstance(self.chunk, int) or isinstance(self.chunk, bool) or self.chunk < 1:
+            raise SpecError(f"Inner.chunk must be a positive int, got {self.chunk!r}")
+        if not isinstance(self.optimizer, optax.GradientTransformation):
+            raise SpecError("Inner.optimizer must be an optax.GradientTransformation, e.g. optax.sgd(1.0); "
+                            f"got {type(self.optimizer).__name__}")
+
+    def __hash__(self):  # optax transformations hold functions: hash by identity of the optimizer
+        return hash((self.steps, self.batching, self.chunk, id(self.optimizer)))
+
+    def blocks(self, n: int) -> tuple[int, int]:
+        """(number of loop steps, tokens per step) for a sequence of n tokens; checks divisibility."""
+        if self.batching == "full":
+            return self.steps, n
+        if self.batching == "sgd":
+            if n % self.steps:
+                raise SpecError(f"Inner.steps={self.steps} must divide the sequence length n={n} for "
+                                f"batching='sgd' (each step takes n/steps tokens); pick steps from "
+                                f"{_divisors(n)}")
+            return self.steps, n // self.steps
+        if n % self.chunk:
+            raise SpecError(f"Inner.chunk={self.chunk} must divide the sequence length n={n} for "
+                            f"batching='online'; pick chunk from {_divisors(n)} or pad the sequence")
+        return n // self.chunk, self.chunk
+
+
+def _divisors(n: int) -> list[int]:
+    return [k for k in range(1, min(n, 64) + 1) if n % k == 0]
