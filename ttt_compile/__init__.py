@@ -6,6 +6,7 @@ from .primitive import ttt_loop, ttt_loop_p, emitting
 from .cost import Cost
 from . import passes
 from .compiler import Compiled, compile
+from . import validate
 
 __all__ = ["TTTLayer", "Inner", "Reconstruction", "SpecError", "learners", "passes", "compile", "Compiled",
            "Cost", "ttt_loop", "ttt_loop_p", "emitting"]

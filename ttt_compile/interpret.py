@@ -128,8 +128,7 @@ def default_rule(interp: Interpreter, eqn, invals) -> list:
         return interp.bind(eqn, args, jaxpr=interp.rewrite(eqn.params["jaxpr"]))
     if prim is primitives.remat_p:
         new = interp.rewrite(ClosedJaxpr(eqn.params["jaxpr"], []))
-        outs = prim.bind(*new.consts, *args, **{**eqn.params, "jaxpr": pe.convert_constvars_jaxpr(new.jaxpr)})
-        return list(outs)
+        return list(prim.bind(*new.consts, *args, **{**eqn.params, "jaxpr": hoist_consts(new.jaxpr)}))
     raise NotImplementedError(f"a ttt_loop inside a '{prim}' region is not supported by this pass; "
                               "move the TTT layer out of it (jit, scan, checkpoint and custom_jvp work)")
 
@@ -144,6 +143,11 @@ def rewrite(closed: ClosedJaxpr, rules: dict, instantiate: Callable | None = Non
         outs = interp.eval_closed(closed, list(args))
         return [interp.instantiate(o, a) for o, a in zip(outs, closed.out_avals)]
     return dce(jax.make_jaxpr(run)(*avals))
+
+
+def hoist_consts(jaxpr):
+    """The same jaxpr with its constvars turned into leading invars."""
+    return jaxpr.replace(constvars=[], invars=[*jaxpr.constvars, *jaxpr.invars]) if jaxpr.constvars else jaxpr
 
 
 def dce(closed: ClosedJaxpr) -> ClosedJaxpr:
