@@ -129,19 +129,17 @@ class _Simplifier:
             return self.hit([_scaled(base, c / kb)])
         return [_scaled(interp.bind(eqn, [base, b])[0], c)]
 
-    def add(self, interp, eqn, invals, sign=1.0):
+    def add(self, interp, eqn, invals):
+        """c x + c y = c (x + y);  c x + (-c) y = c (x - y)  (and the same for sub and add_any)."""
         (xa, ca), (xb, cb) = _parts(invals[0]), _parts(invals[1])
         if isinstance(invals[0], Splat) or isinstance(invals[1], Splat):
             return interp.bind(eqn, invals)
-        if ca == sign * cb:        # c x + c y = c (x + y)
+        if ca == cb:
             return [_scaled(interp.bind(eqn, [xa, xb])[0], ca)]
-        if ca == -sign * cb:       # c x - c y  written as an add with a negated operand
+        if ca == -cb:
             other = lax.sub_p if eqn.primitive is not lax.sub_p else lax.add_p
             return self.hit([_scaled(interp.emit(other, xa, xb)[0], ca)])
         return interp.bind(eqn, invals)
-
-    def sub(self, interp, eqn, invals):
-        return self.add(interp, eqn, invals, sign=-1.0)
 
     def integer_pow(self, interp, eqn, invals):
         base, c = _parts(invals[0])
@@ -250,7 +248,7 @@ def _fold_constants(rule_table, s):
 
 def _rules(s: _Simplifier) -> dict:
     rules = {lax.neg_p: s.neg, lax.mul_p: s.mul, lax.div_p: s.div, lax.add_p: s.add, add_any_p: s.add,
-             lax.sub_p: s.sub, lax.integer_pow_p: s.integer_pow, lax.dot_general_p: s.dot_general}
+             lax.sub_p: s.add, lax.integer_pow_p: s.integer_pow, lax.dot_general_p: s.dot_general}
     for name in _LINEAR_UNARY:
         prim = primitive_named(name)
         if prim is not None:
