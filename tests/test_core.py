@@ -186,3 +186,17 @@ def test_compiled_called_with_other_shape():
     prog = tc.compile(layers.mttt_linear(dim=24, heads=3, key=KEY), X)
     with pytest.raises(ValueError, match="compile again"):
         prog(jnp.ones((8, 24)))
+
+
+def test_cost_counts_loop_trip_counts():
+    """XLA counts a while body once; Cost multiplies it by the trip count (hand count and unrolled)."""
+    def scanned(W, xs):
+        return jax.lax.scan(lambda c, x: (c @ x, None), W, xs)[0]
+    W, xs = jnp.ones((32, 32)), jnp.ones((8, 32, 32))
+    assert tc.cost.of(scanned, W, xs).flops == pytest.approx(8 * 2 * 32 ** 3, rel=1e-3)
+    layer = layers.mttt_mlp(dim=24, heads=3, key=KEY, steps=4)
+    looped = tc.compile(layer, X, passes=["lower"]).stages[-1][2]
+    unrolled = tc.compile(layer, X, passes=["unroll"]).stages[-1][2]
+    assert looped.flops == pytest.approx(unrolled.flops, rel=0.02)
+    one = tc.compile(layers.mttt_mlp(dim=24, heads=3, key=KEY, steps=1), X, passes=["lower"]).stages[-1][2]
+    assert looped.flops > 2 * one.flops                           # T=4 is not reported as T=1
