@@ -150,8 +150,8 @@ def trace_body(fun: Callable, *arg_trees) -> tuple[ClosedJaxpr, list[Any], Any]:
         return leaves_out
 
     closed = jax.make_jaxpr(flat_fun)(*[jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in flat])
-    from .interpret import hoist_consts
-    return ClosedJaxpr(hoist_consts(closed.jaxpr), []), list(closed.consts), out_tree[0]
+    from .interpret import dce, hoist_consts
+    return dce(ClosedJaxpr(hoist_consts(closed.jaxpr), [])), list(closed.consts), out_tree[0]
 
 
 def ttt_loop(step: Callable, consts, carry, xs, *, steps: int, schedule: str, init: str, num_weights: int):
