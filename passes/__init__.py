@@ -81,6 +81,7 @@ def collecting_notes():
 from .checkpoint import checkpoint  # noqa: E402
 from .cse import cse  # noqa: E402
 from .dce import dce  # noqa: E402
+from .dual_form import dual_form  # noqa: E402
 from .fold_zero_init import fold_zero_init  # noqa: E402
 from .lower import lower  # noqa: E402
 from .sgd_batch import sgd_batch  # noqa: E402

@@ -17,7 +17,7 @@ from .primitive import contains_loop, emitting
 from .spec import SpecError
 
 #: The best pipeline for any spec: each pass applies only where its rewrite pays off and notes why not.
-DEFAULT = ("checkpoint", "sgd_batch", "unroll", "fold_zero_init", "simplify", "cse", "dce", "lower")
+DEFAULT = ("checkpoint", "dual_form", "sgd_batch", "unroll", "fold_zero_init", "simplify", "cse", "dce", "lower")
 
 
 class _Cache:
