@@ -42,7 +42,10 @@ from ttt_compile.models.causal import causal_linear_attention
 DIM, HEADS = 256, 4
 ETA = 0.01
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "online"
-WITH_DUAL = tuple(p for name in DEFAULT for p in ((name, "dual_form") if name == "checkpoint" else (name,)))
+#: The default pipeline without / with the dual form (inserted after checkpoint if DEFAULT lacks it).
+WITHOUT_DUAL = tuple(p for p in DEFAULT if p != "dual_form")
+WITH_DUAL = DEFAULT if "dual_form" in DEFAULT else tuple(
+    p for name in DEFAULT for p in ((name, "dual_form") if name == "checkpoint" else (name,)))
 
 MEMORY_VARIANTS = {            # name -> (chunk b, pipeline)
     "none (b=1)": (1, ["lower"]),
@@ -131,10 +134,10 @@ def throughput(n: int, rounds: int, log=print) -> dict:
     x = jax.random.normal(key, (n, DIM), jnp.float32)
     models = {
         "causal linear attention (chunk 64)": causal_linear_attention(dim=DIM, heads=HEADS, key=key, chunk=64),
-        "MTTT-Linear b=16, default": tc.compile(ttt(16), x, passes="default"),
-        "MTTT-Linear b=16, default + dual_form": tc.compile(ttt(16), x, passes=list(WITH_DUAL)),
-        "MTTT-Linear b=64, default + dual_form": tc.compile(ttt(64), x, passes=list(WITH_DUAL)),
-        "MTTT-Linear b=1 (T=n), default": tc.compile(ttt(1), x, passes="default"),
+        "MTTT-Linear b=16, default without dual_form": tc.compile(ttt(16), x, passes=list(WITHOUT_DUAL)),
+        "MTTT-Linear b=16, default with dual_form": tc.compile(ttt(16), x, passes=list(WITH_DUAL)),
+        "MTTT-Linear b=64, default with dual_form": tc.compile(ttt(64), x, passes=list(WITH_DUAL)),
+        "MTTT-Linear b=1 (T=n), default": tc.compile(ttt(1), x, passes=list(WITH_DUAL)),
     }
     fns = {}
     for name, m in models.items():
@@ -157,7 +160,8 @@ def markdown(result: dict) -> str:
     mem = result["memory"]
     lines = [f"# Issue 4: causal inner loop, memory and throughput ({result['date']})", "",
              f"Machine: {result['machine']}; jax {result['jax']}; causal MTTT-Linear d={DIM}, H={HEADS}, "
-             f"d_h={DIM // HEADS}, W0=0, plain GD.", "",
+             f"d_h={DIM // HEADS}, W0=0, plain GD (eta = {ETA}). Default pipeline: "
+             f"{', '.join(result.get('default_pipeline', DEFAULT))}.", "",
              "## Compiled temp memory of one training step (value_and_grad of sum(sin(layer(x)))), XLA CPU", "",
              "Bytes are XLA's `memory_analysis().temp_size_in_bytes` after compiling (not run). "
              "Growth: temp-bytes ratio per doubling of n (geometric mean over the step to this n). "
@@ -187,12 +191,18 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--no-throughput", action="store_true")
     ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--reuse-memory", action="store_true",
+                    help="keep the memory rows of OUT/memory_online.json (explicit pipelines) and re-time only")
     args = ap.parse_args(argv)
     ns = [256, 1024] if args.quick else [1024, 2048, 4096, 8192, 16384]
-    print("memory (compile only):")
     result = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()} CPU, "
               f"{jax.device_count()} device(s)", "jax": jax.__version__, "dim": DIM, "heads": HEADS,
-              "memory": memory_table(ns)}
+              "default_pipeline": list(DEFAULT)}
+    if args.reuse_memory:
+        result["memory"] = json.loads((args.out / "memory_online.json").read_text())["memory"]
+    else:
+        print("memory (compile only):")
+        result["memory"] = memory_table(ns)
     if not args.no_throughput:
         print("throughput (fwd + bwd):")
         result["throughput"] = throughput(1024 if args.quick else 4096, 4 if args.quick else args.rounds)

@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 STYLE = {"none": ("tab:red", "none (naive JAX)"), "default": ("tab:blue", "default")}
 
@@ -43,6 +44,7 @@ def _panels(data, title, ylabel, path: Path) -> Path | None:
     rows = (len(names) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.2 * rows), squeeze=False)
     for ax, name in zip(axes.flat, names):
+        ns = sorted({n for kinds in data[name].values() for pts in kinds.values() for n, _ in pts})
         for pipe, kinds in data[name].items():
             color, label = STYLE[pipe]
             for kind, style in (("fwd", "--"), ("train", "-")):
@@ -52,6 +54,10 @@ def _panels(data, title, ylabel, path: Path) -> Path | None:
                             label=f"{label}, {kind}")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_xticks(ns, [str(n) for n in ns], fontsize=8)
+        ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+        if len(ns) == 1:
+            ax.set_xlim(ns[0] / 2, ns[0] * 2)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("n (tokens)")
         ax.set_ylabel(ylabel)
@@ -72,7 +78,7 @@ def flops_ratio(group: dict, path: Path) -> Path | None:
     pipes = [p for p in dict.fromkeys(c["pipeline"] for c in group["cells"]) if p != "none"]
     if not layers or not pipes:
         return None
-    fig, axes = plt.subplots(2, 1, figsize=(max(8, 1.3 * len(layers) * len(pipes) / 3), 7), squeeze=False)
+    fig, axes = plt.subplots(2, 1, figsize=(min(16, max(8, 0.22 * len(layers) * len(pipes))), 7), squeeze=False)
     width = 0.8 / len(pipes)
     cmap = plt.get_cmap("tab10")
     for ax, kind in zip(axes[:, 0], ("fwd", "train")):

@@ -95,6 +95,7 @@ class Config:
     stack_pipelines: tuple[str, ...] = ("default", "none")
     peak_size: int = 2048
     deadline_s: float | None = None            # no group starts after this many seconds of the run
+    warm_up: bool = True                       # compile a tiny layer first, so first-trace costs miss the stack
 
 
 def _all_pipelines() -> tuple[str, ...]:
@@ -108,15 +109,16 @@ FULL = Config(
     deadline_s=30 * 60.0)
 QUICK = Config(
     name="quick", dims=((192, 3),), ns=(64, 256), flops_only=(), batch=8,
-    layers=("linear_attention", "mttt_linear", "mttt_mlp_T1"),
-    pipelines=("none", "fold_zero_init", "default"), sweep=((192, 64),), reps=5, min_block_s=0.02,
+    layers=("linear_attention", "mttt_linear"),
+    pipelines=("none", "unroll", "fold_zero_init", "default"), sweep=((192, 64),), reps=5, min_block_s=0.02,
     time_budget_s=6.0, max_call_s=0.5, max_temp_bytes=1 << 30, rate_floor=0.1, stack=(12, 384, 6, 196),
-    stack_pipelines=("default",), peak_size=1024)
+    stack_pipelines=("default",), peak_size=1024, warm_up=False)
 TINY = Config(
     name="tiny", dims=((16, 2),), ns=(8,), flops_only=(), batch=2,
     layers=("linear_attention", "mttt_linear"), pipelines=("none", "default"),
     sweep=(), reps=3, min_block_s=0.002, time_budget_s=2.0, max_call_s=0.5,
-    max_temp_bytes=1 << 28, rate_floor=0.01, stack=(1, 16, 2, 8), peak_size=256)
+    max_temp_bytes=1 << 28, rate_floor=0.01, stack=(1, 16, 2, 8), stack_pipelines=("default",), peak_size=256,
+    warm_up=False)
 
 
 def log(msg: str) -> None:
@@ -245,7 +247,7 @@ def choose_timed(records: list[dict], thunks: dict, cfg: Config, peak_gflops: fl
 
 def time_group(records: list[dict], thunks: dict, cfg: Config, peak) -> dict:
     """Interleaved timing of the chosen programs (fwd and train) and the matmul peak.  Fills each
-    timed record's `rounds`, `wall_s`, `gflops`, `frac_peak`; returns the group's peak figures."""
+    timed record's `rounds_s`, `wall_s`, `spread`, `gflops`, `frac_peak`; returns the group's peak figures."""
     peak_thunk, peak_flops = peak
     peak_s = min(_warm(peak_thunk) for _ in range(4))
     chosen, singles = choose_timed(records, thunks, cfg, peak_flops / peak_s / 1e9, peak_s)
@@ -282,8 +284,10 @@ def time_group(records: list[dict], thunks: dict, cfg: Config, peak) -> dict:
 
 def run_group(cfg: Config, dim: int, heads: int, n: int, *, flops_only: bool, layer_names, pipe_names, peak) -> dict:
     """Compile and measure every (layer, pipeline) of one (d, n) shape; time the programs if not
-    flops_only.  Returns {"shape", "programs": [...], "cells": [...], "peak": {...}}."""
+    flops_only.  Returns {dim, heads, n, batch, flops_only, programs: [one record per distinct
+    program], cells: [one per (layer, pipeline)], peak: the group's matmul peak or None}."""
     import ttt_compile as tc
+    from ttt_compile.compiler import count_eqns
     pipes = pipelines()
     key = jax.random.PRNGKey(0)
     shape = (cfg.batch, n, dim)
@@ -312,7 +316,6 @@ def run_group(cfg: Config, dim: int, heads: int, n: int, *, flops_only: bool, la
                 cell["program"], cell["same_program_as"] = rec["id"], rec["pipelines"][0]
                 cells.append(cell)
                 continue
-            from ttt_compile.compiler import count_eqns
             rec = {"id": f"{lname}/{pname}", "layer": lname, "pipelines": [pname], "eqns": count_eqns(prog.jaxpr)}
             try:
                 rec["fig"], thunks[rec["id"]] = measure_program(prog, x)
@@ -543,7 +546,8 @@ def run(cfg: Config, out_dir: Path, layer_names=None) -> dict:
     facts["source_start"] = source_state()
     log(f"{cfg.name} suite -> {out_dir}; {facts['cpus_usable']} CPUs, jax {facts['jax']}")
     peak = timing.matmul_peak(cfg.peak_size)
-    _warm_up()
+    if cfg.warm_up:
+        _warm_up()
     stack = stack_compile(cfg) if "mttt_linear" in layer_names else None
     groups, skipped_groups = [], []
     for dim, heads, n, flops_only, pipes in plan(cfg, layer_names):
@@ -614,6 +618,8 @@ def _method(cfg: Config) -> list[str]:
         f"single-pass pipelines run at (d, n) in {list(cfg.sweep) or 'none of the shapes'}; elsewhere none and default "
         "only (compiling ~30 programs per shape does not fit one run's budget on this machine)",
         f"compile-only shapes (FLOPs, memory; no timing): (d, n) in {list(cfg.flops_only) or 'none'}",
+        "compile-time stack: measured " + ("after a warm-up compile of a tiny layer" if cfg.warm_up else
+                                           "first thing in the process (includes one-time first-trace costs)"),
         "no new shape group starts after " + (f"{cfg.deadline_s:.0f} s of the run" if cfg.deadline_s else "any time")
         + " (those not started are listed as not measured)",
         f"timing budget per (d, n) group: ~{cfg.time_budget_s:.0f} s of interleaved rounds (the targets' programs are "
@@ -723,7 +729,8 @@ def main(argv: list[str] | None = None) -> int:
     """`ttt-compile bench [--quick] [--out DIR] [--only LAYER ...]`; returns the exit status."""
     parser = argparse.ArgumentParser(prog="ttt-compile bench", description="Compare pass pipelines: FLOPs, "
                                      "wall-clock time, compiled memory across sequence lengths.")
-    parser.add_argument("--quick", action="store_true", help="small shapes, 4 layers, 4 pipelines (< 2 min)")
+    parser.add_argument("--quick", action="store_true", help="d=192, n=64 and 256, linear attention and MTTT-Linear, "
+                        "4 pipelines, 5 rounds (< 2 min); add --only LAYER to pick other layers")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # a few seconds; for tests
     parser.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/DATE)")
     parser.add_argument("--only", nargs="+", metavar="LAYER", default=None,

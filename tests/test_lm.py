@@ -113,6 +113,7 @@ def test_a_non_causal_mixer_is_refused():
                   mixer=lambda **kw: layers.self_attention(**kw))
 
 
+@pytest.mark.slow
 def test_generate_continues_a_prompt_with_the_decode_path():
     model = lm("mttt_linear_b4")
     out = model.generate(IDS[:4], 5, key=KEY, temperature=0.0)

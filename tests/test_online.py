@@ -107,7 +107,7 @@ _grad = eqx.filter_jit(eqx.filter_grad(_loss))
 
 @pytest.mark.parametrize("kind, chunk, scheme", _cases(
     ["linear", "mlp"], [1, 2], ["sqrt", "log", "step"],
-    {("linear", 2, "sqrt"), ("linear", 2, "log"), ("linear", 1, "step")}))
+    {("linear", 2, "log"), ("linear", 1, "step")}))
 def test_checkpointed_programs_equal_the_plain_one_in_values_and_outer_gradients(kind, chunk, scheme):
     layer = make(kind, chunk)
     plain = tc.compile(layer, X, passes=["lower"])

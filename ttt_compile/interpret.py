@@ -116,9 +116,8 @@ class Interpreter:
 def default_rule(interp: Interpreter, eqn, invals) -> list:
     """Inline calls, recurse into loop-bearing regions, otherwise re-bind the equation as it was."""
     prim = eqn.primitive
-    if prim in _INLINE:
-        args = [interp.instantiate(x, v.aval) for x, v in zip(invals, eqn.invars)]
-        return interp.eval_closed(eqn.params["jaxpr"], args)
+    if prim in _INLINE:                 # symbolic values flow in: rules see through jnp's jit wrappers
+        return interp.eval_closed(eqn.params["jaxpr"], invals)
     if not any(contains_loop(j) for j in jax.extend.core.jaxprs_in_params(eqn.params)):
         return interp.bind(eqn, invals)
     args = [interp.instantiate(x, v.aval) for x, v in zip(invals, eqn.invars)]
