@@ -5,7 +5,7 @@ value_and_grad of loss(p, x) = sum(sin(layer_p(x))) with respect to the outer pa
 compile it (XLA, CPU) and read `memory_analysis().temp_size_in_bytes`: the scratch memory XLA
 plans for forward + backward (inputs, parameters and outputs not included).  Nothing is run, so
 n = 16384 costs only a compile.  Pipelines: [lower] (no checkpoint: the backward pass keeps every
-step's carry W_t and activations) and [checkpoint(scheme), lower] for scheme sqrt / log.  With
+step's carry W_t and activations) and [remat(scheme), lower] for scheme sqrt / log.  With
 chunk b = 1 the loop has T = n steps (the autoregressive loop of the issue); b = 16 (TTT-Linear's
 mini-batch) is reported beside it, with and without the dual_form pass.
 
@@ -45,16 +45,16 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "online"
 #: The default pipeline without / with the dual form (inserted after checkpoint if DEFAULT lacks it).
 WITHOUT_DUAL = tuple(p for p in DEFAULT if p != "dual_form")
 WITH_DUAL = DEFAULT if "dual_form" in DEFAULT else tuple(
-    p for name in DEFAULT for p in ((name, "dual_form") if name == "checkpoint" else (name,)))
+    p for name in DEFAULT for p in ((name, "dual_form") if name == "remat" else (name,)))
 
 MEMORY_VARIANTS = {            # name -> (chunk b, pipeline)
     "none (b=1)": (1, ["lower"]),
-    "sqrt (b=1)": (1, [("checkpoint", {"scheme": "sqrt"}), "lower"]),
-    "log (b=1)": (1, [("checkpoint", {"scheme": "log"}), "lower"]),
+    "sqrt (b=1)": (1, [("remat", {"scheme": "sqrt"}), "lower"]),
+    "log (b=1)": (1, [("remat", {"scheme": "log"}), "lower"]),
     "none (b=16)": (16, ["lower"]),
-    "sqrt (b=16)": (16, [("checkpoint", {"scheme": "sqrt"}), "lower"]),
-    "sqrt + dual_form (b=16)": (16, [("checkpoint", {"scheme": "sqrt"}), "dual_form", "lower"]),
-    "log + dual_form (b=16)": (16, [("checkpoint", {"scheme": "log"}), "dual_form", "lower"]),
+    "sqrt (b=16)": (16, [("remat", {"scheme": "sqrt"}), "lower"]),
+    "sqrt + dual_form (b=16)": (16, [("remat", {"scheme": "sqrt"}), "dual_form", "lower"]),
+    "log + dual_form (b=16)": (16, [("remat", {"scheme": "log"}), "dual_form", "lower"]),
     "reference: causal linear attention (chunk 64)": (64, None),
 }
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ttt_compile.layer import Decoder, Output, Project, check_tokens
-from ttt_compile.spec import SpecError
+from ttt_compile.layer.spec import SpecError
 
 FEATURE_MAPS = ("identity", "elu1")
 

@@ -20,8 +20,8 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ttt_compile.layer import Decoder, Output, Project, TTTLayer, check_tokens
-from ttt_compile.learners import MLP, Linear, NadarayaWatson
-from ttt_compile.spec import Inner, Reconstruction, SpecError
+from ttt_compile.layer.learners import MLP, Linear, NadarayaWatson
+from ttt_compile.layer.spec import Inner, Reconstruction, SpecError
 
 
 class Attention(eqx.Module):

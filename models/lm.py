@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from ttt_compile.layer import TTTLayer, decode, token_loss
-from ttt_compile.spec import SpecError
+from ttt_compile.layer.spec import SpecError
 
 from .causal import CausalLinearAttention, linear_attention_state, linear_attention_step
 from .layers import Attention

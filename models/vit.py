@@ -229,7 +229,7 @@ class ViT(eqx.Module):
         """Per block, the attention layer's ``inner_losses(LN(z))`` (the inner-loop reconstruction loss
         before step 1 and after each step, per head) where the layer reports them, else ``None``
         (no such method, or a layer whose spec has none: a non-parametric learner, the online loop)."""
-        from ttt_compile.spec import SpecError
+        from ttt_compile.layer.spec import SpecError
 
         z = self.tokens(image)
         out = []

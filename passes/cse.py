@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from jax.extend.core import ClosedJaxpr
 
-from ttt_compile.interpret import constant, count_eqns, default_rule, rewrite
+from ttt_compile.ir.interpreter import default_rule, rewrite
+from ttt_compile.ir.jaxpr_utils import constant, count_eqns
 
 from . import note, register
 

@@ -1,7 +1,7 @@
 """dce: remove equations whose results nothing uses."""
 from jax.extend.core import ClosedJaxpr
 
-from ttt_compile.interpret import count_eqns, dce as _dce
+from ttt_compile.ir.jaxpr_utils import count_eqns, dce as _dce
 
 from . import note, register
 

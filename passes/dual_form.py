@@ -49,8 +49,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend.core import ClosedJaxpr, primitives
 
-from ttt_compile.interpret import add_any_p, default_rule, primitive_named, rewrite
-from ttt_compile.primitive import contains_loop, info, ttt_loop_p
+from ttt_compile.ir.interpreter import default_rule, rewrite
+from ttt_compile.ir.jaxpr_utils import add_any_p, primitive_named
+from ttt_compile.ir.primitive import contains_loop, info, ttt_loop_p
 
 from . import note, register
 
@@ -335,7 +336,8 @@ def rewrite_body(body: ClosedJaxpr, min_chunk: int = 2) -> tuple[ClosedJaxpr | N
     return new, ", ".join(f"W {a}x{c}" for _, a, c in rules.rewritten) + f" (b={b})"
 
 
-@register("dual_form", assumes=ASSUMES)
+@register("dual_form", before=("lower", "unroll"),
+          why_before="unroll/lower expand the online loop first", assumes=ASSUMES)
 def dual_form(closed: ClosedJaxpr, *, min_chunk: int = 2) -> ClosedJaxpr:
     """Compute each online ttt_loop chunk in dual form: token outputs W q_i + s tril(Q K^T) E and the
     next weights W + s E^T K, instead of materialising b per-token weight matrices (plain-GD learners

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend.core import ClosedJaxpr
 
-from ttt_compile.interpret import add_any_p, constant, primitive_named, rewrite
-from ttt_compile.primitive import info, ttt_loop_p
+from ttt_compile.ir.interpreter import rewrite
+from ttt_compile.ir.jaxpr_utils import add_any_p, constant, primitive_named
+from ttt_compile.ir.primitive import info, ttt_loop_p
 
 from . import note, register
 

@@ -1,9 +1,9 @@
 """lower: replace every remaining ttt_loop by core primitives (lax.scan)."""
 from jax.extend.core import ClosedJaxpr
 
-from ttt_compile import loops
-from ttt_compile.interpret import rewrite
-from ttt_compile.primitive import contains_loop, info, ttt_loop_p
+from ttt_compile.ir import expand_loop as loops
+from ttt_compile.ir.interpreter import rewrite
+from ttt_compile.ir.primitive import contains_loop, info, ttt_loop_p
 
 from . import note, register
 

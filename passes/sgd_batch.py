@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from jax.extend.core import ClosedJaxpr
 
-from ttt_compile.interpret import rewrite
-from ttt_compile.primitive import ttt_loop_p
+from ttt_compile.ir.interpreter import rewrite
+from ttt_compile.ir.primitive import ttt_loop_p
 
 from . import note, register
 from .unroll import unroll_rule
 
 
-@register("sgd_batch")
+@register("sgd_batch", before=("lower", "unroll"),
+          why_before="unroll/lower expand the SGD loop first")
 def sgd_batch(closed: ClosedJaxpr, *, max_steps: int = 16) -> ClosedJaxpr:
     """Write an SGD loop of T <= max_steps mini-batches as T straight-line steps, step t reading the
     static contiguous block xs[t] of the tokens (reshaped once to (T, n/T, .) by the layer): no

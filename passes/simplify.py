@@ -23,7 +23,8 @@ import numpy as np
 from jax import lax
 from jax.extend.core import ClosedJaxpr
 
-from ttt_compile.interpret import add_any_p, constant, count_eqns, primitive_named, rewrite
+from ttt_compile.ir.interpreter import rewrite
+from ttt_compile.ir.jaxpr_utils import add_any_p, constant, count_eqns, primitive_named
 
 from . import note, register
 
@@ -233,7 +234,7 @@ def _dot_by_labels(a, b, params, drop, interp):
 
 def _fold_constants(rule_table, s):
     """Wrap the default: an equation whose inputs are all scalar constants is evaluated now."""
-    from ttt_compile.interpret import default_rule
+    from ttt_compile.ir.interpreter import default_rule
 
     def rule(interp, eqn, invals):
         if (invals and not eqn.primitive.multiple_results and not eqn.effects

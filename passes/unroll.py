@@ -1,9 +1,9 @@
 """unroll: replace each ttt_loop by its T steps written out."""
 from jax.extend.core import ClosedJaxpr
 
-from ttt_compile import loops
-from ttt_compile.interpret import rewrite
-from ttt_compile.primitive import contains_loop, info, ttt_loop_p
+from ttt_compile.ir import expand_loop as loops
+from ttt_compile.ir.interpreter import rewrite
+from ttt_compile.ir.primitive import contains_loop, info, ttt_loop_p
 
 from . import note, register
 
@@ -31,7 +31,7 @@ def unroll_rule(max_steps: int, schedules=("full", "sgd", "online"), checkpointe
     return rule
 
 
-@register("unroll")
+@register("unroll", before=("lower",), why_before="lower turns every ttt_loop into a scan, leaving no loop to rewrite")
 def unroll(closed: ClosedJaxpr, *, max_steps: int = 64, checkpointed: bool = False) -> ClosedJaxpr:
     """Unroll every ttt_loop of at most max_steps steps into explicit steps: x_t = xs[t], carry threaded.
 

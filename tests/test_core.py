@@ -8,7 +8,7 @@ import pytest
 
 import ttt_compile as tc
 from ttt_compile.models import layers
-from ttt_compile.primitive import contains_loop, ttt_loop_p
+from ttt_compile.ir.primitive import contains_loop, ttt_loop_p
 
 KEY = jax.random.PRNGKey(0)
 X = jax.random.normal(jax.random.PRNGKey(1), (16, 24))

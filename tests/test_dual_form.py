@@ -15,7 +15,7 @@ from ttt_compile import passes
 from ttt_compile.compiler import trace
 from ttt_compile.models import layers
 from ttt_compile.models.causal import causal_linear_attention
-from ttt_compile.primitive import ttt_loop_p
+from ttt_compile.ir.primitive import ttt_loop_p
 
 KEY = jax.random.PRNGKey(0)
 DIM, HEADS, B = 16, 2, 4                  # d_h = 8 != b = 4, so a (b, d_h, d_h) array is recognisable
@@ -85,7 +85,7 @@ def test_dual_form_values_for_the_mlp_learner_both_matrices():
 
 def test_dual_form_inside_the_default_pipeline_with_checkpointing():
     model = Batched(SPECS["linear_ln"]())
-    pipeline = ["checkpoint", "dual_form", "sgd_batch", "unroll", "fold_zero_init", "simplify", "cse", "dce", "lower"]
+    pipeline = ["remat", "dual_form", "sgd_batch", "unroll", "fold_zero_init", "simplify", "cse", "dce", "lower"]
     prog = tc.compile(model, X, passes=pipeline)
     assert "dual form for W 8x8 (b=4)" in notes(prog)
     assert_trees_close(_call(prog, X), _call(model, X), rtol=1e-5)

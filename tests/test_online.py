@@ -19,9 +19,9 @@ X = 0.5 * jax.random.normal(jax.random.PRNGKey(1), (N, DIM))
 PIPELINES = {
     "default": "default",
     "none": "none",
-    "sqrt": [("checkpoint", {"scheme": "sqrt"}), "lower"],
-    "log": [("checkpoint", {"scheme": "log"}), "lower"],
-    "step": [("checkpoint", {"scheme": "step"}), "lower"],
+    "sqrt": [("remat", {"scheme": "sqrt"}), "lower"],
+    "log": [("remat", {"scheme": "log"}), "lower"],
+    "step": [("remat", {"scheme": "step"}), "lower"],
 }
 
 
@@ -111,7 +111,7 @@ _grad = eqx.filter_jit(eqx.filter_grad(_loss))
 def test_checkpointed_programs_equal_the_plain_one_in_values_and_outer_gradients(kind, chunk, scheme):
     layer = make(kind, chunk)
     plain = tc.compile(layer, X, passes=["lower"])
-    prog = tc.compile(layer, X, passes=[("checkpoint", {"scheme": scheme}), "lower"])
+    prog = tc.compile(layer, X, passes=[("remat", {"scheme": scheme}), "lower"])
     assert any(e.primitive is primitives.remat_p for e in _all_eqns(prog.jaxpr.jaxpr))
     np.testing.assert_allclose(_call(prog, X), _call(plain, X), rtol=1e-6, atol=1e-6)
     assert_trees_close(_grad(prog, X), _grad(plain, X))

@@ -10,7 +10,7 @@ from hypothesis import given, strategies as st
 import ttt_compile as tc
 from ttt_compile import passes as P
 from ttt_compile.models import layers
-from ttt_compile.primitive import contains_loop, ttt_loop_p
+from ttt_compile.ir.primitive import contains_loop, ttt_loop_p
 
 KEY = jax.random.PRNGKey(0)
 
@@ -129,17 +129,17 @@ def test_unroll_and_lower_rewrites():
     assert same is closed and "max_steps=2" in notes[0]
 
 
-def test_checkpoint_rewrite():
+def test_remat_rewrite():
     closed, args = toy_loop(4)
-    marked, notes = run(P.checkpoint, closed)
+    marked, notes = run(P.remat, closed)
     (eqn,) = [e for e in marked.jaxpr.eqns if e.primitive is ttt_loop_p]
     assert eqn.params["remat"] == "step" and "scheme step" in notes[0]
     lowered, _ = run(P.lower, marked)
     assert "checkpoint" in str(lowered) or "remat" in str(lowered)
     agree(closed, lowered, *args)
     with pytest.raises(tc.SpecError, match="scheme"):
-        P.checkpoint(closed, scheme="binomial")
-    _, notes = run(P.checkpoint, toy_loop(1)[0])
+        P.remat(closed, scheme="binomial")
+    _, notes = run(P.remat, toy_loop(1)[0])
     assert "nothing to rematerialise" in notes[0]
 
 
@@ -154,14 +154,14 @@ def test_sgd_batch_rewrite():
 
 def test_available_lists_every_pass_with_a_doc():
     names = P.available()
-    assert {"unroll", "lower", "dce", "fold_zero_init", "simplify", "cse", "checkpoint", "sgd_batch"} <= set(names)
+    assert {"unroll", "lower", "dce", "fold_zero_init", "simplify", "cse", "remat", "sgd_batch"} <= set(names)
     assert all(len(doc) > 10 for doc in names.values())
 
 
 # ------------------------------------------------------------------ translation validation
-PIPELINES = [["unroll"], ["lower"], ["dce"], ["fold_zero_init"], ["simplify"], ["cse"], ["checkpoint"],
+PIPELINES = [["unroll"], ["lower"], ["dce"], ["fold_zero_init"], ["simplify"], ["cse"], ["remat"],
              ["sgd_batch"], ["unroll", "fold_zero_init", "simplify", "cse", "dce"],
-             [("checkpoint", {"scheme": "log"}), "lower"], [("checkpoint", {"scheme": "sqrt"}), "unroll"],
+             [("remat", {"scheme": "log"}), "lower"], [("remat", {"scheme": "sqrt"}), "unroll"],
              "default"]
 
 

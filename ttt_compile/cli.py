@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         module = "ttt_compile.benchmarks.suite" if argv[0] == "bench" else "ttt_compile.train"
         return int(importlib.import_module(module).main(argv[1:]) or 0)
     args = parser.parse_args(argv)
-    from ttt_compile.spec import SpecError
+    from ttt_compile.layer.spec import SpecError
     try:
         return inspect(args)
     except (SpecError, ValueError, TypeError) as e:

@@ -12,12 +12,11 @@ from jax.extend.core import ClosedJaxpr, jaxpr_as_fun
 
 from . import passes as P
 from .cost import Cost, measure
-from .interpret import count_eqns
-from .primitive import contains_loop, emitting
-from .spec import SpecError
+from .ir.jaxpr_utils import count_eqns
+from .ir.primitive import contains_loop, emitting
+from .layer.spec import SpecError
 
-#: The best pipeline for any spec: each pass applies only where its rewrite pays off and notes why not.
-DEFAULT = ("checkpoint", "dual_form", "sgd_batch", "unroll", "fold_zero_init", "simplify", "cse", "dce", "lower")
+DEFAULT = P.DEFAULT          # the default pipeline lives with the pass contract in passes/__init__.py
 
 
 class _Cache:
@@ -91,9 +90,9 @@ def resolve(passes) -> list[tuple[str, Callable]]:
     out = []
     for p in passes:
         if isinstance(p, str):
-            out.append((p, P.get(p)))
+            out.append((P.canonical(p), P.get(p)))
         elif isinstance(p, tuple) and len(p) == 2 and isinstance(p[0], str) and isinstance(p[1], dict):
-            out.append((p[0], P.get(p[0], **p[1])))
+            out.append((P.canonical(p[0]), P.get(p[0], **p[1])))
         elif callable(p):
             fn = p.func if isinstance(p, functools.partial) else p
             out.append((getattr(fn, "pass_name", getattr(fn, "__name__", "pass")), p))
@@ -130,8 +129,10 @@ def compile(model: Callable, *args, passes="default") -> Compiled:  # noqa: A001
     pipeline = resolve(passes)
     closed, params, a_tree, out_tree = trace(model, *args)
     stages = [("trace", closed, ())]
-    for name, fn in pipeline:
+    order = P.check_order([name for name, _ in pipeline])
+    for i, (name, fn) in enumerate(pipeline):
         with P.collecting_notes() as notes:
+            notes.extend(w for w in order if i == 0)
             closed = fn(closed)
         if not isinstance(closed, ClosedJaxpr):
             raise TypeError(f"pass {name!r} returned {type(closed).__name__}, not a ClosedJaxpr")

@@ -16,8 +16,8 @@ from typing import Callable
 import jax
 from jax.extend.core import ClosedJaxpr, jaxpr_as_fun, jaxprs_in_params, primitives
 
-from .interpret import count_eqns
-from .primitive import ttt_loop_p
+from .ir.jaxpr_utils import count_eqns
+from .ir.primitive import ttt_loop_p
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,7 +30,7 @@ from ttt_compile.models.causal import causal_linear_attention
 from ttt_compile.models.lm import CausalLM, causal_lm
 
 #: The default pipeline with the dual form placed before the passes that consume the loop.
-DUAL_PIPELINE = ("checkpoint", "dual_form", "sgd_batch", "unroll", "fold_zero_init", "simplify", "cse", "dce",
+DUAL_PIPELINE = ("remat", "dual_form", "sgd_batch", "unroll", "fold_zero_init", "simplify", "cse", "dce",
                  "lower")
 #: What the training runs use: the dual form, the zero-W0 fold and lowering to one scan (no
 #: rematerialisation: these models are small, so storing the loop costs little and saves recompute).

@@ -119,7 +119,7 @@ class CompiledLayer(eqx.Module):
 
 def layer_factory(config: Config) -> LayerFactory:
     """``factory(dim=, heads=, key=)``: the config's layer built with its ``layer_options``."""
-    from ttt_compile.spec import SpecError
+    from ttt_compile.layer.spec import SpecError
 
     make = resolve_layer(config.layer)
     options = dict(config.layer_options)

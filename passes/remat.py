@@ -1,15 +1,16 @@
-"""checkpoint: choose how the outer backward pass stores an inner loop (rematerialisation)."""
+"""remat: choose how the outer backward pass stores an inner loop (rematerialisation)."""
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal
 
 import numpy as np
 from jax.extend.core import ClosedJaxpr
 
-from ttt_compile.interpret import rewrite
-from ttt_compile.loops import remat_prediction
-from ttt_compile.primitive import REMAT_SCHEMES, contains_loop, info, ttt_loop_p
-from ttt_compile.spec import SpecError
+from ttt_compile.ir.interpreter import rewrite
+from ttt_compile.ir.expand_loop import remat_prediction
+from ttt_compile.ir.primitive import REMAT_SCHEMES, contains_loop, info, ttt_loop_p
+from ttt_compile.layer.spec import SpecError
 
 from . import note, register
 
@@ -19,15 +20,16 @@ def _carry_bytes(eqn, li) -> int:
     return int(sum(np.prod(a.shape) * a.dtype.itemsize for a in avals))
 
 
-@register("checkpoint")
-def checkpoint(closed: ClosedJaxpr, *, scheme: str | None = None) -> ClosedJaxpr:
+@register("remat", before=("lower", "unroll", "sgd_batch"),
+          why_before="unroll/sgd_batch/lower expand the loops whose storage remat chooses")
+def remat(closed: ClosedJaxpr, *, scheme: Literal["step", "sqrt", "log"] | None = None) -> ClosedJaxpr:
     """Mark inner loops for rematerialisation: the backward pass recomputes inner steps from stored
     carries W_t instead of keeping every step's intermediates.  Default scheme: "step" for a
     full-batch loop of T > 1 steps, "sqrt" for an online loop (T = n/chunk); `scheme` forces one of
     "step" | "sqrt" | "log".  SGD loops are left alone (each step sees n/T tokens, so storing all
     steps costs what one full step costs).  Exact: changes memory and time, not values."""
     if scheme not in REMAT_SCHEMES:
-        raise SpecError(f"checkpoint: scheme must be one of {REMAT_SCHEMES[1:]}, got {scheme!r}")
+        raise SpecError(f"remat: scheme must be one of {REMAT_SCHEMES[1:]}, got {scheme!r}")
     changed = []
 
     def rule(interp, eqn, invals):

@@ -22,64 +22,12 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from ttt_compile.ir.primitive import ttt_loop
+
+from .inner_steps import batch_step, online_step, reconstruction_loss, token_loss
 from .learners import NonParametric
-from .primitive import ttt_loop
+from .outer_maps import Decoder, Output, Project, decode
 from .spec import Inner, Reconstruction, SpecError
-
-
-# --------------------------------------------------------------------------- outer maps
-class Project(eqx.Module):
-    """phi or psi: one token (d,) -> (heads, d_h), z_k = P_k x."""
-
-    weight: Float[Array, "heads dh d"]
-
-    def __init__(self, dim: int, heads: int, *, key: PRNGKeyArray):
-        self.weight = jax.random.normal(key, (heads, dim // heads, dim)) / math.sqrt(dim)
-
-    def __call__(self, x: Float[Array, " d"]) -> Float[Array, "heads dh"]:
-        return jnp.einsum("hkd,d->hk", self.weight, x)
-
-    def tokens(self, x: Float[Array, "n d"]) -> Float[Array, "n heads dh"]:
-        """The map applied to every token (one matmul)."""
-        return jnp.einsum("hkd,nd->nhk", self.weight, x)
-
-
-class Decoder(eqx.Module):
-    """g: (heads, d_h) -> (heads, d), g_k(z) = G_k z, or LN(G_k z) with the paper's Decoder LN."""
-
-    weight: Float[Array, "heads d dh"]
-    ln: eqx.nn.LayerNorm | None
-
-    def __init__(self, dim: int, heads: int, *, decoder_ln: bool, key: PRNGKeyArray):
-        self.weight = jax.random.normal(key, (heads, dim, dim // heads)) / math.sqrt(dim // heads)
-        self.ln = eqx.nn.LayerNorm(dim) if decoder_ln else None
-
-    def __call__(self, z: Float[Array, "heads dh"]) -> Float[Array, "heads d"]:
-        return jax.vmap(decode, in_axes=(0, None, 0))(self.weight, self.ln, z)
-
-
-def decode(G: Float[Array, "d dh"], ln, z: Float[Array, " dh"]) -> Float[Array, " d"]:
-    """One head's decoder g_k(z) = G_k z  (then LN if the task asks for it)."""
-    y = G @ z
-    return y if ln is None else ln(y)
-
-
-class Output(eqx.Module):
-    """h: (heads, d_h) -> (d,), h(o) = sum_k O_k o_k + b."""
-
-    weight: Float[Array, "d heads dh"]
-    bias: Float[Array, " d"]
-
-    def __init__(self, dim: int, heads: int, *, key: PRNGKeyArray):
-        self.weight = jax.random.normal(key, (dim, heads, dim // heads)) / math.sqrt(dim)
-        self.bias = jnp.zeros((dim,))
-
-    def __call__(self, o: Float[Array, "heads dh"]) -> Float[Array, " d"]:
-        return jnp.einsum("dhk,hk->d", self.weight, o) + self.bias
-
-    def tokens(self, o: Float[Array, "n heads dh"]) -> Float[Array, "n d"]:
-        """The map applied to every token (one matmul)."""
-        return jnp.einsum("dhk,nhk->nd", self.weight, o) + self.bias
 
 
 # --------------------------------------------------------------------------- input checks
@@ -230,47 +178,3 @@ class TTTLayer(eqx.Module):
         return jax.tree.map(lambda a, w: jnp.concatenate([a[None], w]), W0, Ws)
 
 
-# --------------------------------------------------------------------------- the math, as pure functions
-def token_loss(pred: Float[Array, " d"], x: Float[Array, " d"]) -> Float[Array, ""]:
-    """1/2 ||g(f(phi(x))) - x||^2 for one token."""
-    return 0.5 * jnp.sum((pred - x) ** 2)
-
-
-def reconstruction_loss(W, static, G, ln, k: Float[Array, "b dh"], x: Float[Array, "b d"]) -> Float[Array, ""]:
-    """l(W; X) = 1/(2b) sum_i ||g(f(k_i; W)) - x_i||^2 over the b tokens given."""
-    f = eqx.combine(W, static)
-    pred = jax.vmap(lambda ki: decode(G, ln, f(ki)))(k)
-    return 0.5 * jnp.mean(jnp.sum((pred - x) ** 2, axis=-1))
-
-
-def batch_step(opt: optax.GradientTransformation, static):
-    """One full-batch or mini-batch step: W <- W + u, (u, s) = opt.update(grad l(W; X_t), s, W)."""
-    def step(consts, carry, xt):
-        if xt is None:
-            G, ln, k, x = consts
-        else:
-            (G, ln), (k, x) = consts, xt
-        W, s = carry
-        grads = jax.grad(reconstruction_loss)(W, static, G, ln, k, x)
-        updates, s = opt.update(grads, s, W)
-        return (optax.apply_updates(W, updates), s), None
-    return step
-
-
-def online_step(opt: optax.GradientTransformation, static):
-    """One causal chunk of b tokens starting from weights W:
-    g_i = grad 1/2||g(f(k_i; W)) - x_i||^2,  W_i = W + update(sum_{j<=i} g_j),  y_i = f(q_i; W_i);
-    the chunk hands W_b (and its optimizer state) to the next chunk."""
-    def step(consts, carry, xt):
-        G, ln = consts
-        W, s = carry
-        k, q, x = xt
-        grads = jax.vmap(jax.grad(lambda W, ki, xi: token_loss(decode(G, ln, eqx.combine(W, static)(ki)), xi)),
-                         in_axes=(None, 0, 0))(W, k, x)
-        cumulative = jax.tree.map(lambda g: jnp.cumsum(g, axis=0), grads)
-        updates, states = jax.vmap(opt.update, in_axes=(0, None, None))(cumulative, s, W)
-        Ws = jax.tree.map(lambda w, u: w + u, W, updates)
-        y = jax.vmap(lambda Wi, qi: eqx.combine(Wi, static)(qi))(Ws, q)
-        last = jax.tree.map(lambda a: a[-1], (Ws, states))
-        return last, y
-    return step

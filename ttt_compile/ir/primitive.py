@@ -25,6 +25,8 @@ from jax import lax
 from jax.extend.core import ClosedJaxpr, Primitive, jaxpr_as_fun
 from jax.interpreters import ad, batching, mlir
 
+from .jaxpr_utils import dce, hoist_consts
+
 ttt_loop_p = Primitive("ttt_loop")
 ttt_loop_p.multiple_results = True
 
@@ -150,7 +152,6 @@ def trace_body(fun: Callable, *arg_trees) -> tuple[ClosedJaxpr, list[Any], Any]:
         return leaves_out
 
     closed = jax.make_jaxpr(flat_fun)(*[jax.ShapeDtypeStruct(jnp.shape(x), jnp.result_type(x)) for x in flat])
-    from .interpret import dce, hoist_consts
     return dce(ClosedJaxpr(hoist_consts(closed.jaxpr), [])), list(closed.consts), out_tree[0]
 
 

@@ -1,4 +1,4 @@
-"""Two ways to run a `ttt_loop` inside a pass: as explicit steps, or as (nested) scans.
+"""Expanding a `ttt_loop` inside a pass: two ways to run it: as explicit steps, or as (nested) scans.
 
 Both evaluate the loop body through the pass's interpreter, so rules apply inside the body too,
 and both honour the loop's `remat` parameter (set by the `checkpoint` pass):
