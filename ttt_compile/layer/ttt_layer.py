@@ -123,7 +123,7 @@ class TTTLayer(eqx.Module):
         check_tokens(x, self.dim)
         k, q = self.phi.tokens(x), self.psi.tokens(x)                       # (n, H, d_h)
         head = self._nonparametric_head if self.nonparametric else self._parametric_head
-        dec, dec_axes = self._decoders()
+        dec, dec_axes = self.decoders()
         w = None if self.eta is None else self.eta(x)                        # (H,) or (H, n)
         o = jax.vmap(head, in_axes=(0, dec_axes, None if w is None else 0, 1, 1, None), out_axes=1)(
             self._W0(), dec, w, k, q, x)                                      # (n, H, d_h)
@@ -135,7 +135,7 @@ class TTTLayer(eqx.Module):
         if self.nonparametric or self.inner.batching == "online":
             raise SpecError("inner_losses needs a parametric learner with batching 'full' or 'sgd'")
         k = self.phi.tokens(x)
-        dec, dec_axes = self._decoders()
+        dec, dec_axes = self.decoders()
         w = None if self.eta is None else self.eta(x)
         scale = self.loss_scale
 
@@ -151,7 +151,7 @@ class TTTLayer(eqx.Module):
         return self.task.scale(self.dim // self.heads)
 
     # ----------------------------------------------------------------- inner loop, one head
-    def _decoders(self):
+    def decoders(self):
         """Each head's decoder (G_k, c, LN_k) and vmap's in_axes for it over the heads."""
         return (self.g.weight, self.g.bias, self.g.ln), (0, None, self.g.ln_axis)
 
