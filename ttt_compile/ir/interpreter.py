@@ -8,14 +8,14 @@ where an equation without a rule needs them.  Because the output is produced by 
 is a valid ClosedJaxpr by construction, with exactly the input's interface (avals, weak types too).
 
 Higher-order primitives: `jit` / `closed_call` are inlined (so rules see through a user's
-`jax.jit`).  Every other primitive whose sub-jaxprs contain a `ttt_loop` (`scan`, `while`, `cond`,
-`checkpoint`, `custom_jvp_call`, `custom_vjp_call`, a `ttt_loop` whose body holds another one) has
-each sub-jaxpr rewritten by the same pass with its interface kept and is re-bound with its other
-parameters unchanged: a custom_jvp keeps its jvp rule and a custom_vjp its fwd/bwd rules (only the
-primal program is rewritten).  A region the interpreter cannot rebuild (an open sub-jaxpr that
-gained constants) is left as it was, with a note; its `ttt_loop`s still run (the primitive's impl)
-and differentiate (its JVP).  Regions without a `ttt_loop` and primitives without a rule are
-re-bound unchanged.
+`jax.jit`).  Every other higher-order primitive (`scan`, `while`, `cond`, `checkpoint`,
+`custom_jvp_call`, `custom_vjp_call`, and `ttt_loop` for passes without a rule for it) has each
+sub-jaxpr rewritten by the same pass with its interface kept (symbolic values never cross a region
+boundary: operands are instantiated) and is re-bound with its other parameters unchanged: a
+custom_jvp keeps its jvp rule and a custom_vjp its fwd/bwd rules (only the primal program is
+rewritten).  A region the interpreter cannot rebuild (an open sub-jaxpr that gained constants) is
+left as it was, with a note; its `ttt_loop`s still run (the primitive's impl) and differentiate
+(its JVP).  First-order primitives without a rule are re-bound unchanged.
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, jaxprs_in_params, primi
 
 from .jaxpr_utils import dce, hoist_consts
 from .notes import note
-from .primitive import contains_loop
 
 Rule = Callable[["Interpreter", Any, list], list]
 
@@ -104,7 +103,7 @@ def default_rule(interp: Interpreter, eqn, invals) -> list:
     """Inline calls, rewrite inside loop-bearing regions, otherwise re-bind the equation as it was."""
     if eqn.primitive in _INLINE:        # symbolic values flow in: rules see through jnp's jit wrappers
         return interp.eval_closed(eqn.params["jaxpr"], invals)
-    if not any(contains_loop(j) for j in jaxprs_in_params(eqn.params)):
+    if not any(True for _ in jaxprs_in_params(eqn.params)):
         return interp.bind(eqn, invals)
     return rewrite_region(interp, eqn, invals)
 
