@@ -9,7 +9,8 @@ Task (`ttt_compile.mqar`): N = L / 8 key-value pairs, then the N keys queried ag
 order, at random positions); vocabulary 128.  Every model: causal LM of depth 1 (one mixer + MLP)
 with the previous-token embedding (a token shift, so one layer can bind a key to the next token),
 AdamW; accuracy on 256 held-out examples.  The MTTT rows use the inner step eta = 0.003 that the
-character-LM sweep (scripts/lm_table.py --sweep) picked; no MQAR-specific tuning.  Chance is 1/64.  Writes DIR/mqar_table.json and DIR/mqar_table.md
+character-LM sweep (scripts/lm_table.py --sweep) picked; no MQAR-specific tuning.  The learned-eta rows
+gate it per token, eta_k(x) = 0.006 sigmoid(theta_k . x + b_k), starting at 0.003 (tc.Inner(eta="per_token")).  Chance is 1/64.  Writes DIR/mqar_table.json and DIR/mqar_table.md
 (default DIR: benchmarks/results/online).
 """
 from __future__ import annotations
@@ -33,6 +34,8 @@ MODELS = {
     "MTTT-Linear (b=16)": dict(mixer="mttt_linear", chunk=16, inner_lr=0.003),
     "MTTT-MLP (b=1, T=n)": dict(mixer="mttt_mlp", chunk=1, inner_lr=0.003),
     "MTTT-MLP (b=16)": dict(mixer="mttt_mlp", chunk=16, inner_lr=0.003),
+    "MTTT-Linear (b=16, learned eta per token)": dict(mixer="mttt_linear", chunk=16, inner_lr=0.003, eta="per_token"),
+    "MTTT-MLP (b=16, learned eta per token)": dict(mixer="mttt_mlp", chunk=16, inner_lr=0.003, eta="per_token"),
     "softmax attention": dict(mixer="softmax", chunk=16),
 }
 BASE = dict(depth=1, heads=2, batch=32, steps=300, lr=3e-3, warmup=30, vocab=128, prev_token=True, eval_examples=256)
@@ -61,6 +64,15 @@ def markdown(rows: list[dict], meta: dict) -> str:
             accs = [r["accuracy"] for r in rows if r["model"] == model and r["width"] == w and r["length"] == L]
             cells.append(f"{statistics.mean(accs):.3f} ({min(accs):.2f}..{max(accs):.2f})" if accs else "-")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    extra = meta.get("learned_eta_rows")
+    if extra:
+        def seeds(model):
+            return " / ".join(f"{r['accuracy']:.3f}" for r in sorted(rows, key=lambda r: r["seed"])
+                              if r["model"] == model and (r["width"], r["length"]) == (64, 64))
+        lines += ["", f"Learned-eta rows ({extra['date']}, {extra['wall_s'] / 60:.1f} min): {extra['note']}. "
+                  "Per seed at d=64, L=64 (seeds " + ", ".join(map(str, meta["seeds"])) + "): "
+                  + "; ".join(f"{m}: {seeds(m)}" for m in meta["models"] if m.startswith("MTTT") and "b=16" in m)
+                  + "."]
     return "\n".join(lines) + "\n"
 
 
