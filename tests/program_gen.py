@@ -182,16 +182,23 @@ def has_arrays(ops) -> bool:
     return any(o[0] not in ("act", "index") and (o[0] != "residual" or has_arrays(o[1])) for o in ops)
 
 
+def array_ops(ops) -> list[int]:
+    """Indices of the ops that hold arrays."""
+    return [i for i, o in enumerate(ops) if has_arrays((o,))]
+
+
 class Learner(eqx.Module):
     """f(z; W) = ops(z): a learner composed from the grammar; W = every array of `arrays`."""
 
     arrays: tuple
     ops: tuple = eqx.field(static=True)
 
-    def __init__(self, ops: tuple, dh: int, key, *, zero: bool = False):
+    def __init__(self, ops: tuple, dh: int, key, *, zero: bool = False, outer: tuple = ()):
+        """`zero`: the fast weights (every op's arrays except those of the ops in `outer`) are zeros."""
         self.ops = ops
         arrays = tuple(op_arrays(o, dh, k) for o, k in zip(ops, jax.random.split(key, max(len(ops), 1))))
-        self.arrays = jax.tree.map(jnp.zeros_like, arrays) if zero else arrays
+        self.arrays = tuple(jax.tree.map(jnp.zeros_like, a) if zero and i not in outer else a
+                            for i, a in enumerate(arrays))
 
     def __call__(self, z):
         return apply_ops(self.ops, self.arrays, z)
@@ -263,6 +270,7 @@ class LayerSpec:
     schedule: str
     lr: float
     ops: tuple               # the learner's grammar ops
+    outer: tuple = ()        # indices of ops whose arrays are outer parameters (TTTLayer(outer=...))
 
     @property
     def dim(self) -> int:
@@ -285,20 +293,26 @@ def layer_specs(draw, n: int, heads_dh: tuple[int, int] | None = None, batching:
     else:
         steps = draw(st.integers(1, 6))
     chunk = draw(st.sampled_from(_divisors(n))) if batching == "online" else 1
+    ops = draw(learner_ops())
+    holders = array_ops(ops)
+    outer = ()
+    if len(holders) >= 2 and draw(st.booleans()):       # keep at least one op of fast weights
+        outer = tuple(sorted(draw(st.sets(st.sampled_from(holders), min_size=1, max_size=len(holders) - 1))))
     return LayerSpec(heads=heads, dh=dh, steps=steps, batching=batching, chunk=chunk,
                      init=draw(st.sampled_from(["zero", "learned"])), decoder_ln=draw(st.booleans()),
                      optimizer=draw(st.sampled_from(tuple(OPTIMIZERS))),
                      schedule=draw(st.sampled_from(["const", "const", *[s for s in SCHEDULES if s != "const"]])),
-                     lr=draw(st.sampled_from([0.05, 0.2, 0.5])), ops=draw(learner_ops()))
+                     lr=draw(st.sampled_from([0.05, 0.2, 0.5])), ops=ops, outer=outer)
 
 
 def build_layer(spec: LayerSpec, key) -> tc.TTTLayer:
     """The TTT layer of `spec`; with init='zero' its learner is built with zeros (W0 = 0 is the spec)."""
     k_learner, k_layer = jax.random.split(key)
-    learner = Learner(spec.ops, spec.dh, k_learner, zero=spec.init == "zero")
+    learner = Learner(spec.ops, spec.dh, k_learner, zero=spec.init == "zero", outer=spec.outer)
     inner = tc.Inner(steps=spec.steps, batching=spec.batching, chunk=spec.chunk,
                      optimizer=make_optimizer(spec.optimizer, spec.schedule, spec.lr))
-    return tc.TTTLayer(spec.dim, spec.heads, learner, init=spec.init,
+    outer = (lambda f: tuple(f.arrays[i] for i in spec.outer)) if spec.outer else None
+    return tc.TTTLayer(spec.dim, spec.heads, learner, init=spec.init, outer=outer,
                        task=tc.Reconstruction(decoder_ln=spec.decoder_ln), inner=inner, key=k_layer)
 
 

@@ -201,3 +201,27 @@ def test_zero_init_with_a_non_zero_learner_is_a_spec_error():
         tc.TTTLayer(4, 1, learner, init="zero", key=KEY)
     tc.TTTLayer(4, 1, tc.learners.Linear(4), init="zero", key=KEY)       # zeros: fine
     tc.TTTLayer(4, 1, learner, init="learned", key=KEY)                  # learned W0: fine
+
+
+class GatedLinear(eqx.Module):
+    """f(z; W) = gate * (W z): the gate is marked as an outer parameter below."""
+
+    W: jax.Array
+    gate: jax.Array
+
+    def __call__(self, z):
+        return self.gate * (self.W @ z)
+
+
+@pytest.mark.parametrize("passes", PIPELINES)
+def test_outer_parameter_of_a_learner(passes):
+    learner = GatedLinear(jnp.zeros((3, 3)), jnp.linspace(0.5, 1.5, 3))
+    layer = tc.TTTLayer(6, 2, learner, init="zero", outer=lambda f: f.gate,
+                        inner=tc.Inner(steps=2, optimizer=optax.sgd(0.5)), key=KEY)
+    x = jax.random.normal(KEY, (5, 6))
+    assert_same_program(layer, x, passes)
+    # the gate is trained by the outer loop (a non-zero gradient), and changing it changes the output
+    g = eqx.filter_grad(lambda m: jnp.sum(jnp.sin(m(x))))(tc.compile(layer, x, passes=passes))
+    assert float(jnp.max(jnp.abs(g.params.learner_outer.gate))) > 0
+    other = eqx.tree_at(lambda m: m.learner_outer.gate, layer, 2 * layer.learner_outer.gate)
+    assert float(jnp.max(jnp.abs(other(x) - layer(x)))) > 1e-6
