@@ -161,7 +161,7 @@ def nan_in_second_block(*, dim, heads, key):
 
 def test_nonfinite_values_stop_with_the_step_and_the_layer(tmp_path):
     _calls.clear()
-    config = small().replace(layer=f"{__name__}:nan_in_second_block", passes=None, grad_clip=None)
+    config = small().replace(layer=f"{__name__}:nan_in_second_block", layer_options={}, passes=None, grad_clip=None)
     with pytest.raises(NonFiniteError, match=r"at step 1\b.*blocks\[1\]\.attn \(layer .*nan_in_second_block\)"):
         train(config, workdir=tmp_path, verbose=False, plots=False)
     assert not ckpt.steps(tmp_path / "checkpoints")  # nothing non-finite was saved
