@@ -93,7 +93,8 @@ class Checkpoints:
 
     def steps(self) -> list[int]:
         """Steps with a complete checkpoint, ascending."""
-        return sorted(self._manager.all_steps(read=True))
+        self._manager.reload()
+        return sorted(self._manager.all_steps())
 
     def path(self, step: int) -> Path:
         return self.directory / str(step)
@@ -153,7 +154,7 @@ class Checkpoints:
 
     def delete_after(self, step: int) -> list[int]:
         """Delete the checkpoints newer than ``step`` (the damaged ones a resumed run skipped)."""
-        newer = [s for s in self._manager.all_steps(read=True) if s > step]
+        newer = [s for s in self.steps() if s > step]
         for s in newer:
             self._manager.delete(s)
         return newer

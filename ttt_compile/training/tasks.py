@@ -157,7 +157,7 @@ class Task:
     unit = "examples"          # what the throughput counts: images, sequences
     train_size: int | None = None  # examples per epoch (None: an endless stream)
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, num_devices: int = 1):
         self.config = config
 
     def describe(self) -> str:
@@ -196,10 +196,10 @@ class ImageClassification(Task):
 
     unit = "images"
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, num_devices: int = 1):
         super().__init__(config)
         self.data = data_lib.load(config)
-        validate(config, image_size=self.data.image_shape[0])
+        validate(config, num_devices=num_devices, image_size=self.data.image_shape[0])
         self.train_size = self.data.train_size
 
     def describe(self) -> str:
@@ -320,7 +320,7 @@ class LanguageModelling(_Sequences):
     """Next-character prediction on the embedded corpus; reports per-character perplexity ``exp(L)``
     and bits per character ``L / ln 2`` on the held-out windows."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, num_devices: int = 1):
         super().__init__(config)
         self.corpus = sequences.Corpus.load()
         self.vocab_size = self.corpus.vocab.size
@@ -348,7 +348,7 @@ class LanguageModelling(_Sequences):
 class Recall(_Sequences):
     """Multi-query associative recall: accuracy is the fraction of queried keys whose value is the argmax."""
 
-    def __init__(self, config: Config):
+    def __init__(self, config: Config, num_devices: int = 1):
         super().__init__(config)
         self.spec = mqar.MQARSpec(config.seq_len, config.num_pairs, config.vocab)
         self.vocab_size = config.vocab
@@ -370,9 +370,10 @@ class Recall(_Sequences):
 TASKS: dict[str, type[Task]] = {"classify": ImageClassification, "lm": LanguageModelling, "recall": Recall}
 
 
-def make_task(config: Config) -> Task:
-    """The adapter of the config's task (see :func:`ttt_compile.configs.task_of`)."""
-    return TASKS[task_of(config)](config)
+def make_task(config: Config, num_devices: int = 1) -> Task:
+    """The adapter of the config's task (see :func:`ttt_compile.configs.task_of`) for a mesh of
+    ``num_devices`` devices."""
+    return TASKS[task_of(config)](config, num_devices)
 
 
 __all__ = ["Task", "ImageClassification", "LanguageModelling", "Recall", "make_task", "CompiledLayer",

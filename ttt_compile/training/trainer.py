@@ -101,6 +101,17 @@ def make_eval_step(task: Task, static: PyTree, mesh: Mesh, param_shardings: PyTr
                    out_shardings=sharding.replicated(mesh))
 
 
+def compiled_memory(compiled: Any, state: PyTree, batch: dict[str, Array]) -> dict[str, int]:
+    """Per-device bytes of a compiled train step from XLA's memory analysis: ``argument_bytes`` (what
+    one device holds of parameters, optimiser state and batch), ``temp_bytes``, and ``state_bytes``:
+    the arguments without the device's rows of the batch (parameters + optimiser state)."""
+    analysis = compiled.memory_analysis()
+    batch_bytes = sharding.bytes_per_device(batch)
+    args = int(analysis.argument_size_in_bytes)
+    return {"argument_bytes": args, "temp_bytes": int(analysis.temp_size_in_bytes), "batch_bytes": batch_bytes,
+            "state_bytes": args - batch_bytes, "state_bytes_from_shards": sharding.bytes_per_device(state)}
+
+
 def check_finite(step: int, metrics: dict[str, Any], names: Sequence[str]) -> None:
     """Raise :class:`NonFiniteError` if step ``step``'s loss, activations or gradients are not finite.
 
@@ -172,7 +183,7 @@ def train(config: Config, *, data: str | None = None, workdir: str | os.PathLike
     say = (lambda *a: print(*a, flush=True)) if (verbose and lead) else (lambda *a: None)
     workdir = Path(workdir if workdir is not None else Path("runs") / config.name)
 
-    task = make_task(config)
+    task = make_task(config, len(devices))
     total, warmup = plan_steps(config, task.train_size, steps)
     mesh = sharding.make_mesh(config.mesh, devices)
     say(f"config {config.name}:\n{format_config(config)}")
@@ -233,9 +244,16 @@ def train(config: Config, *, data: str | None = None, workdir: str | os.PathLike
     batches = data_lib.iterate(train_data, start, total, threads=config.data_threads, workers=config.data_workers)
     rate_key = f"{task.unit}_per_s"
     t_run = time.perf_counter()
+    memory: dict[str, int] = {}
     try:
         for step in range(start + 1, total + 1):
-            params, opt_state, metrics = train_step(params, opt_state, sharding.shard_batch(next(batches), mesh))
+            batch = sharding.shard_batch(next(batches), mesh)
+            if not memory:  # compiled ahead of time, so that its memory analysis is recorded
+                train_step = train_step.lower(params, opt_state, batch).compile()
+                memory = compiled_memory(train_step, (params, opt_state), batch)
+                say(f"per-device memory: parameters + optimiser state {memory['state_bytes']:,} B, "
+                    f"step temporaries {memory['temp_bytes']:,} B")
+            params, opt_state, metrics = train_step(params, opt_state, batch)
             if pending is not None:  # checked one step late, so the device is never idle waiting for it
                 check_finite(pending[0], jax.device_get(pending[1]), names)
             pending = (step, metrics)
@@ -275,5 +293,5 @@ def train(config: Config, *, data: str | None = None, workdir: str | os.PathLike
     accuracy = last_eval.get("accuracy", float("nan"))
     say(f"test accuracy: {accuracy:.4f}")
     return {"step": total, "test_loss": last_eval.get("loss", float("nan")), "test_accuracy": accuracy,
-            "test": last_eval, "params": sum(x.size for x in jax.tree_util.tree_leaves(params)),
+            "test": last_eval, "params": sum(x.size for x in jax.tree_util.tree_leaves(params)), "memory": memory,
             "workdir": str(workdir), "model": eqx.combine(params, static)}
