@@ -76,6 +76,19 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
+def to_host(tree: PyTree) -> PyTree:
+    """``tree``'s arrays as numpy on this host. Replicated arrays of a multi-process mesh, which no
+    process can fetch whole, are read from this process's first copy."""
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            if not x.is_fully_replicated:
+                raise ValueError(f"an array of shape {x.shape} is split over processes: gather it first")
+            x = x.addressable_data(0)
+        return np.asarray(x)
+
+    return jax.tree_util.tree_map(one, tree)
+
+
 def bytes_per_device(tree: PyTree) -> int:
     """Bytes of ``tree``'s arrays held by the most loaded device (from each array's shard shape)."""
     per: dict[jax.Device, int] = {}

@@ -140,7 +140,7 @@ def evaluate(task: Task, params: PyTree, eval_step: Callable, batches: Any, mesh
     reader = data_lib.iterate(batches, 0, len(batches), threads=threads)
     try:
         for batch in reader:
-            out = jax.device_get(eval_step(params, sharding.shard_batch(batch, mesh)))
+            out = sharding.to_host(eval_step(params, sharding.shard_batch(batch, mesh)))
             total = out if total is None else jax.tree_util.tree_map(np.add, total, out)
     finally:
         reader.close()
@@ -255,14 +255,14 @@ def train(config: Config, *, data: str | None = None, workdir: str | os.PathLike
                     f"step temporaries {memory['temp_bytes']:,} B")
             params, opt_state, metrics = train_step(params, opt_state, batch)
             if pending is not None:  # checked one step late, so the device is never idle waiting for it
-                check_finite(pending[0], jax.device_get(pending[1]), names)
+                check_finite(pending[0], sharding.to_host(pending[1]), names)
             pending = (step, metrics)
             window.append(metrics)
             bar.update(1)
             boundary = step == total
             if step % config.log_every == 0 or boundary:
-                check_finite(step, jax.device_get(metrics), names)
-                host = jax.device_get(window)
+                check_finite(step, sharding.to_host(metrics), names)
+                host = sharding.to_host(window)
                 record = {k: float(np.mean([v[k] for v in host])) for k in ("loss", "accuracy", "grad_norm")}
                 elapsed = time.perf_counter() - window_start
                 rate = (step - window_step) * config.batch_size / elapsed
@@ -271,14 +271,14 @@ def train(config: Config, *, data: str | None = None, workdir: str | os.PathLike
                 bar.set_postfix(loss=f"{record['loss']:.4f}", rate=f"{rate:.0f}/s")
                 window, window_start, window_step = [], time.perf_counter(), step
             if step % config.eval_every == 0 or boundary:
-                check_finite(step, jax.device_get(metrics), names)
+                check_finite(step, sharding.to_host(metrics), names)
                 last_eval = evaluate(task, params, eval_step, eval_data, mesh, config.data_threads)
                 log.write({"split": "test", "step": step, **last_eval})
                 if verbose and lead:
                     bar.write(f"step {step}: test loss {last_eval['loss']:.4f}, accuracy {last_eval['accuracy']:.4f}")
                 window_start = time.perf_counter()  # evaluation is not training throughput
             if step % config.checkpoint_every == 0 or boundary:
-                check_finite(step, jax.device_get(metrics), names)
+                check_finite(step, sharding.to_host(metrics), names)
                 checkpoints.save(step, (params, opt_state),
                                  {"config": config.to_dict(), "data": config.data, "total_steps": total})
                 window_start = time.perf_counter()  # nor is writing a checkpoint
