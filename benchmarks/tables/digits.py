@@ -14,7 +14,7 @@ Per layer: test accuracy and loss (mean ± std over the seeds), parameters, forw
 ``ttt_compile.cost.of``), training wall time, throughput, final train loss and the inner-loop loss.
 
 A seed is ``Config.seed``: it draws the model's initial weights and the order of the training
-batches. The train/test split (1438 / 359 images, ``ttt_compile.data.load_digits``) is the same for
+batches. The train/test split (1438 / 359 images, ``ttt_compile.training.data.load_digits``) is the same for
 every seed and every row, so all rows are scored on the same 359 test images.
 
 The floor: softmax regression ``logits = x W + b`` on the 64 standardised pixels, full-batch Adam
