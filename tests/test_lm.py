@@ -145,3 +145,19 @@ def test_char_vocab_and_windows():
     config = load_config("lm_linear_attention").replace(seq_len=32, width=16, heads=2, depth=1,
                                                          layer_options={"chunk": 8})
     assert make_task(config).build(KEY).vocab == vocab.size
+
+
+def test_the_lm_task_trains_through_the_one_trainer(tmp_path):
+    from ttt_compile.training import read_metrics, train
+
+    config = load_config("lm_mttt_linear").replace(
+        seq_len=32, width=16, heads=2, depth=1, mlp_dim=32, layer_options={"batching": "online", "chunk": 8, "lr": 0.1},
+        batch_size=4, eval_batch_size=4, eval_examples=8, steps=2, warmup_steps=1, log_every=1, eval_every=2,
+        checkpoint_every=2)
+    out = train(config, workdir=tmp_path, verbose=False, plots=False)
+    test = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "test"][-1]
+    assert np.isclose(test["perplexity"], np.exp(test["loss"])) and np.isclose(test["bits_per_token"],
+                                                                                 test["loss"] / np.log(2))
+    assert out["test_loss"] < np.log(text.CharVocab.of(text.load()).size) + 1.0   # near uniform or better
+    names = make_task(config).stage_names(out["model"])
+    assert names == ["embed", "blocks[0].mixer (layer mttt_linear)", "blocks[0].mlp", "head"]
