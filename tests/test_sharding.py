@@ -14,7 +14,7 @@ TEST_CONFIG = Path(__file__).with_name("digits_test_config.py")
 
 SCRIPT = r"""
 import json, sys
-import jax, numpy as np
+import equinox as eqx, jax, numpy as np
 from jax.sharding import PartitionSpec
 from ttt_compile.configs import ConfigError, load_config
 from ttt_compile.training import TIMING_KEYS, Checkpoints, make_task, read_metrics, train
@@ -35,8 +35,14 @@ for name, devices, mesh in (("one", jax.devices()[:1], {"data": -1}), ("four", j
     memory[name] = result["memory"]
     records = read_metrics(f"{workdir}/{name}/metrics.jsonl")
     runs[name] = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in records]
-    leaves[name] = [np.asarray(x) for x in jax.tree_util.tree_leaves(result["model"]) if hasattr(x, "dtype")]
+    leaves[name] = [np.asarray(x) for x in jax.tree_util.tree_leaves(eqx.filter(result["model"], eqx.is_inexact_array))]
 out["metrics"], out["memory"] = runs, memory
+# the FSDP run's last checkpoint restored onto a data-parallel mesh (nothing left to train: restore only)
+back = train(config, workdir=f"{workdir}/fsdp", resume=True, verbose=False, plots=False)
+arrays = jax.tree_util.tree_leaves(eqx.filter(back["model"], eqx.is_inexact_array))
+out["restored_count"] = [len(arrays), len(leaves["fsdp"])]
+out["restored_equal"] = all(np.array_equal(np.asarray(a), b) for a, b in zip(arrays, leaves["fsdp"]))
+out["restored_replicated"] = all(x.sharding.is_fully_replicated for x in arrays)
 out["max_param_diff"] = {f"{m}-{n}": max(float(np.max(np.abs(a - b), initial=0.0))
                                          for a, b in zip(leaves[m], leaves[n])) for m, n in (("one", "four"), ("four", "fsdp"))}
 try:
@@ -83,6 +89,9 @@ def test_fsdp_equals_data_parallel_with_a_quarter_of_the_state_per_device(four_d
     assert out["specs"] == [[None, "fsdp"], ["fsdp", None], [], [], [None, "fsdp"]]
     _close(out["metrics"]["four"], out["metrics"]["fsdp"])
     print("memory per device (bytes):", json.dumps({"data": out["memory"]["four"], "fsdp": out["memory"]["fsdp"]}))
+    print("max |param difference|:", json.dumps(out["max_param_diff"]))
+    print("max |metric difference| fsdp vs data:", max(abs(a[k] - b[k]) for a, b in zip(out["metrics"]["four"],
+          out["metrics"]["fsdp"]) for k in ("loss", "accuracy", "grad_norm") if k in a))
     # Adam divides by sqrt(v) ~ |g| in its first steps, so rounding-level differences of the gradients
     # move a parameter by up to ~ lr * 1e-3; a wrong shard or a missing gather would move it by ~ lr
     assert out["max_param_diff"]["four-fsdp"] < 5e-5
@@ -91,5 +100,7 @@ def test_fsdp_equals_data_parallel_with_a_quarter_of_the_state_per_device(four_d
         assert m["state_bytes"] == m["state_bytes_from_shards"], m
     ratio = dp["state_bytes"] / fsdp["state_bytes"]
     assert 3.8 < ratio <= 4.0, (ratio, dp, fsdp)  # a few small arrays (e.g. the 10-class head bias) stay whole
+    assert out["restored_count"][0] == out["restored_count"][1] > 10
+    assert out["restored_equal"] and out["restored_replicated"]  # restored onto the current (data) mesh
     assert "mesh={'data': -1, 'fsdp': 3} needs a multiple of 3 devices, 4 are present" in out["mesh_error"]
     np.testing.assert_equal(dp["batch_bytes"], fsdp["batch_bytes"])

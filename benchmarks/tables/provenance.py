@@ -38,8 +38,10 @@ def machine_facts() -> dict:
 
 def command(table: str, argv: list[str] | None) -> str:
     """The command line that reproduces this run (niceness included)."""
-    args = " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    line = f"ttt-compile table {table} {args}".strip()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["table", table]:  # called through ttt-compile: sys.argv holds the subcommand
+        argv = argv[2:]
+    line = " ".join(["ttt-compile", "table", table, *map(shlex.quote, argv)])
     return f"nice -n {os.nice(0)} {line}" if os.nice(0) else line
 
 
