@@ -94,7 +94,7 @@ def train(args: argparse.Namespace) -> int:
 
 
 def table(args: argparse.Namespace) -> int:
-    return TABLES[args.table]().run_table(args)
+    return TABLES[args.table]().run_table(args, args.argv[2:])  # recorded as the table's command line
 
 
 def _table_module(name: str):
@@ -180,6 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return USAGE_ERROR
     except SystemExit as e:  # --help
         return int(e.code or 0)
+    args.argv = argv
     try:
         return int(args.run(args) or 0)
     except (ConfigError, CheckpointError, SpecError) as e:
