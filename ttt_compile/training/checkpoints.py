@@ -18,6 +18,7 @@ test to ``kill -9`` it mid-write); ``exit@S`` makes it call ``os._exit(3)`` ther
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -54,6 +55,27 @@ class _MetaHandler(ocp.JsonCheckpointHandler):
     async def _save_fn(self, x, directory):
         _fault(int(x.get("step", -1)))
         await super()._save_fn(x, directory)
+
+
+def _quiet_failed_reads() -> None:
+    """After a failed read, orbax leaves parallel reads of the same files behind; asyncio would print
+    their errors (``Future exception was never retrieved``, or ``Event loop is closed`` when a read
+    finishes after orbax closed its loop) although the reason was reported once already."""
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    _ignore_closed_loop_errors()
+
+
+def _ignore_closed_loop_errors() -> None:
+    if getattr(sys.unraisablehook, "_ttt_quiet", False):
+        return
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if not (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._ttt_quiet = True
+    sys.unraisablehook = hook
 
 
 def _reason(error: BaseException) -> str:
@@ -131,12 +153,14 @@ class Checkpoints:
         ``check(meta)`` may refuse a readable checkpoint by raising (e.g. a config mismatch): that error
         propagates, as it is not a damaged file. A checkpoint that fails to read is reported through
         ``say`` and skipped; if every one fails, :class:`CheckpointError` names them all."""
+        _ignore_closed_loop_errors()  # installed before reading: a read may fail while another is in flight
         steps = self.steps()
         failures = []
         for step in reversed(steps):
             try:
                 meta = self.read_meta(step)
             except Exception as e:  # noqa: BLE001 - any damage to the files: report and fall back
+                _quiet_failed_reads()
                 failures.append(f"{self.path(step)} ({_reason(e)})")
                 say(f"checkpoint {self.path(step)} cannot be read ({_reason(e)}): trying the previous one")
                 continue
@@ -145,6 +169,7 @@ class Checkpoints:
             try:
                 return self.restore(step, like)
             except Exception as e:  # noqa: BLE001
+                _quiet_failed_reads()
                 failures.append(f"{self.path(step)} ({_reason(e)})")
                 say(f"checkpoint {self.path(step)} cannot be read ({_reason(e)}): trying the previous one")
         if failures:
