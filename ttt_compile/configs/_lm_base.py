@@ -3,7 +3,8 @@ benchmarks/results/online/lm_table.md): a causal LM of width 64, depth 2, 4 head
 128, on the embedded synthetic corpus; 400 AdamW steps of 16 windows, lr 3e-3 (30 warmup steps,
 cosine to 0), decoupled weight decay 0.01 * lr, clipping at global norm 1; validation loss on the
 first 64 windows of the held-out 10%. The MTTT rows use the online inner loop in chunks of b = 16
-tokens with eta = 0.003 (picked by the table's --sweep)."""
+tokens with eta = 0.003 in eq. 1's units (``parametrisation="paper"``, the one these rows were tuned in;
+picked by the table's --sweep)."""
 from ttt_compile.configs import Config
 
 #: The pipeline of the sequence models: the dual form (online chunks as matrix products), the zero-W0

@@ -4,4 +4,5 @@ from ttt_compile.configs._lm_base import lm_config
 
 
 def get_config() -> Config:
-    return lm_config("lm_mttt_linear", "mttt_linear", batching="online", chunk=16, lr=0.003)
+    return lm_config("lm_mttt_linear", "mttt_linear", batching="online", chunk=16, lr=0.003,
+                     parametrisation="paper")

@@ -4,4 +4,5 @@ from ttt_compile.configs._mqar_base import mqar_config
 
 
 def get_config() -> Config:
-    return mqar_config("mqar_mttt_linear", "mttt_linear", batching="online", chunk=16, lr=0.003)
+    return mqar_config("mqar_mttt_linear", "mttt_linear", batching="online", chunk=16, lr=0.003,
+                       parametrisation="paper")
