@@ -725,20 +725,18 @@ def default_out(cfg: Config) -> Path:
     return base / stamp
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`ttt-compile bench [--quick] [--out DIR] [--only LAYER ...]`; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="ttt-compile bench", description="Compare pass pipelines: FLOPs, "
-                                     "wall-clock time, compiled memory across sequence lengths.")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `ttt-compile bench` (see :func:`run_args`)."""
     parser.add_argument("--quick", action="store_true", help="d=192, n=64 and 256, linear attention and MTTT-Linear, "
                         "4 pipelines, 5 rounds (< 2 min); add --only LAYER to pick other layers")
     parser.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # a few seconds; for tests
     parser.add_argument("--out", type=Path, default=None, help="output folder (default benchmarks/results/DATE)")
     parser.add_argument("--only", nargs="+", metavar="LAYER", default=None,
                         help=f"restrict to these layers (or preset names): {', '.join(LAYERS)}")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as e:
-        return int(e.code or 0)
+
+
+def run_args(args: argparse.Namespace) -> int:
+    """Run the suite the parsed options of :func:`add_arguments` describe; returns the exit status."""
     cfg = TINY if args.tiny else QUICK if args.quick else FULL
     names = cfg.layers
     if args.only:
@@ -750,6 +748,13 @@ def main(argv: list[str] | None = None) -> int:
         names = tuple(n for n in LAYERS if any(n == o or n.startswith(o + "_") for o in args.only))
     run(cfg, args.out or default_out(cfg), names)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`ttt-compile bench [--quick] [--out DIR] [--only LAYER ...]`; returns the exit status."""
+    from ttt_compile.cli import main as cli_main
+
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from ttt_compile.layer import TTTLayer, decode, token_loss
 from ttt_compile.layer.spec import SpecError
@@ -197,8 +197,14 @@ class LMBlock(eqx.Module):
     mlp: Mlp
 
     def __call__(self, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
+        return self.trace(x)[0]
+
+    def trace(self, x: Float[Array, "n d"]) -> tuple[Float[Array, "n d"], Bool[Array, "2"]]:
+        """The block's output and whether the mixer and the MLP residual outputs are all finite."""
         x = x + self.mixer(_layer_norm(self.norm1, x))
-        return x + jax.vmap(self.mlp)(_layer_norm(self.norm2, x))
+        finite_mixer = jnp.all(jnp.isfinite(x))
+        x = x + jax.vmap(self.mlp)(_layer_norm(self.norm2, x))
+        return x, jnp.stack([finite_mixer, jnp.all(jnp.isfinite(x))])
 
     def step(self, state, x: Float[Array, " d"]):
         y, state = mixer_step(self.mixer, state, self.norm1(x))
@@ -253,10 +259,19 @@ class CausalLM(eqx.Module):
         return _layer_norm(self.norm, z) @ self.embed.T
 
     def __call__(self, ids: Int[Array, " n"]) -> Float[Array, "n vocab"]:
+        return self.trace(ids)[0]
+
+    def trace(self, ids: Int[Array, " n"]) -> tuple[Float[Array, "n vocab"], Bool[Array, " stages"]]:
+        """Logits, and per stage of :func:`stage_names` (embedding; each block's mixer and MLP; head)
+        whether all of that stage's outputs are finite."""
         z = self.tokens(ids)
+        finite = [jnp.all(jnp.isfinite(z))[None]]
         for block in self.blocks:
-            z = block(z)
-        return self.logits(z)
+            z, ok = block.trace(z)
+            finite.append(ok)
+        out = self.logits(z)
+        finite.append(jnp.all(jnp.isfinite(out))[None])
+        return out, jnp.concatenate(finite)
 
     # ----------------------------------------------------------------- decode form
     def init_state(self) -> LMState:
@@ -320,6 +335,25 @@ class CausalLM(eqx.Module):
             return (s, lg), tok
         _, out = jax.lax.scan(sample, (state, last), jax.random.split(key, steps))
         return out
+
+
+def stage_names(model: CausalLM, layer_name: str | None = None) -> list[str]:
+    """Names of the stages of :meth:`CausalLM.trace` / :func:`stage_trees`: ``embed``, per block
+    ``blocks[i].mixer`` (suffixed `` (layer NAME)`` when given) and ``blocks[i].mlp``, ``head``."""
+    suffix = f" (layer {layer_name})" if layer_name else ""
+    names = ["embed"]
+    for i in range(len(model.blocks)):
+        names += [f"blocks[{i}].mixer{suffix}", f"blocks[{i}].mlp"]
+    return [*names, "head"]
+
+
+def stage_trees(tree: CausalLM) -> list[Any]:
+    """A CausalLM-shaped pytree (the model, its gradients, ...) cut into the stages of :func:`stage_names`
+    (the tied embedding counts as the embedding stage)."""
+    stages: list[Any] = [(tree.embed, tree.prev, tree.pos)]
+    for b in tree.blocks:
+        stages += [(b.norm1, b.mixer), (b.norm2, b.mlp)]
+    return [*stages, tree.norm]
 
 
 def _check_ids(ids: Any, max_len: int) -> None:

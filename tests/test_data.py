@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ttt_compile import data
+from ttt_compile.training import data
 from ttt_compile.configs import Config, ConfigError
 
 

@@ -1,22 +1,18 @@
-"""The digits results table machinery (scripts/digits_table.py) on 1 layer x 1 seed x 2 steps, and the
+"""The digits results table machinery (ttt_compile.benchmarks.tables.digits) on 1 layer x 1 seed x 2 steps, and the
 logistic-regression floor on a small budget.
 
 The layer is the table's linear-attention config with one block instead of two (written to a temporary
 config file), to keep compilation, which dominates a 2-step run, short."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "digits_table.py"
+from ttt_compile.benchmarks.tables import digits
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("digits_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return digits
 
 
 @pytest.fixture(scope="module")

@@ -9,13 +9,15 @@ import numpy as np
 import pytest
 
 import ttt_compile as tc
-from ttt_compile import text
-from ttt_compile.lm_train import DUAL_PIPELINE, LMConfig, build
+from ttt_compile.configs import load_config
+from ttt_compile.training import make_task, text
 from ttt_compile.models import layers
 from ttt_compile.models.causal import causal_linear_attention
 from ttt_compile.models.lm import TTTState, causal_lm
 
 KEY = jax.random.PRNGKey(0)
+#: The default pipeline with the dual form placed before the passes that consume the loop.
+DUAL_PIPELINE = ("remat", "dual_form", "sgd_batch", "unroll", "fold_zero_init", "simplify", "cse", "dce", "lower")
 VOCAB, WIDTH, HEADS, N = 11, 16, 2, 12
 IDS = jax.random.randint(jax.random.PRNGKey(3), (N,), 0, VOCAB)
 
@@ -140,5 +142,22 @@ def test_char_vocab_and_windows():
     assert w.shape == (4, 33)
     with pytest.raises(ValueError, match="not in the vocabulary"):
         vocab.encode("\u00e9")
-    assert build(LMConfig(mixer="linear_attention", seq_len=32, chunk=8, width=16, heads=2), vocab.size, KEY).vocab \
-        == vocab.size
+    config = load_config("lm_linear_attention").replace(seq_len=32, width=16, heads=2, depth=1,
+                                                         layer_options={"chunk": 8})
+    assert make_task(config).build(KEY).vocab == vocab.size
+
+
+def test_the_lm_task_trains_through_the_one_trainer(tmp_path):
+    from ttt_compile.training import read_metrics, train
+
+    config = load_config("lm_mttt_linear").replace(
+        seq_len=32, width=16, heads=2, depth=1, mlp_dim=32, layer_options={"batching": "online", "chunk": 8, "lr": 0.1},
+        batch_size=4, eval_batch_size=4, eval_examples=8, steps=2, warmup_steps=1, log_every=1, eval_every=2,
+        checkpoint_every=2)
+    out = train(config, workdir=tmp_path, verbose=False, plots=False)
+    test = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "test"][-1]
+    assert np.isclose(test["perplexity"], np.exp(test["loss"])) and np.isclose(test["bits_per_token"],
+                                                                                 test["loss"] / np.log(2))
+    assert out["test_loss"] < np.log(text.CharVocab.of(text.load()).size) + 1.0   # near uniform or better
+    names = make_task(config).stage_names(out["model"])
+    assert names == ["embed", "blocks[0].mixer (layer mttt_linear)", "blocks[0].mlp", "head"]

@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from ttt_compile import mqar
-from ttt_compile.lm_train import MQARConfig, train_mqar
+from ttt_compile.configs import load_config
+from ttt_compile.training import mqar, read_metrics, train
 
 SPEC = mqar.MQARSpec(seq_len=32, num_pairs=4, vocab=16)
 
@@ -46,16 +46,18 @@ def test_bad_specs_are_refused(bad, match):
         mqar.MQARSpec(**bad)
 
 
-def test_training_a_tiny_model_runs_and_reports_recall():
-    config = MQARConfig(mixer="linear_attention", chunk=4, width=16, heads=2, depth=1, mlp_dim=16, seq_len=16,
-                        num_pairs=2, vocab=12, batch=4, steps=3, warmup=1, eval_examples=64)
-    out = train_mqar(config)
-    assert 0.0 <= out["accuracy"] <= 1.0 and len(out["losses"]) >= 2
-    assert all(np.isfinite(loss) for _, loss in out["losses"])
+def test_training_a_tiny_model_runs_and_reports_recall(tmp_path):
+    config = load_config("mqar_linear_attention").replace(
+        layer_options={"chunk": 4}, width=16, heads=2, depth=1, mlp_dim=16, seq_len=16, num_pairs=2, vocab=12,
+        batch_size=4, steps=3, warmup_steps=1, eval_examples=64, log_every=1, eval_every=3, checkpoint_every=3)
+    out = train(config, workdir=tmp_path, verbose=False, plots=False)
+    assert 0.0 <= out["test_accuracy"] <= 1.0
+    losses = [r["loss"] for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "train"]
+    assert len(losses) == 3 and all(np.isfinite(losses))
 
 
 @pytest.mark.slow
-def test_softmax_attention_learns_mqar():
-    config = MQARConfig(mixer="softmax", width=32, heads=2, depth=2, mlp_dim=64, seq_len=32, num_pairs=4,
-                        vocab=16, batch=32, steps=300, lr=3e-3)
-    assert train_mqar(config)["accuracy"] > 0.5
+def test_softmax_attention_learns_mqar(tmp_path):
+    config = load_config("mqar_self_attention").replace(width=32, mlp_dim=64, depth=2, seq_len=32, num_pairs=4,
+                                                        vocab=16)
+    assert train(config, workdir=tmp_path, verbose=False, plots=False)["test_accuracy"] > 0.5

@@ -10,7 +10,7 @@ import ttt_compile as tc
 from ttt_compile.configs import load_config
 from ttt_compile.models import layers
 from ttt_compile.models.vit import PRESETS, ViT, patchify, posemb_sincos2d, stage_names, vit
-from ttt_compile.train import CompiledLayer, compile_layers
+from ttt_compile.training.tasks import CompiledLayer, compile_layers
 
 KEY = jax.random.PRNGKey(0)
 
@@ -107,7 +107,7 @@ def test_patch_tokens_and_learned_vs_sincos_positions():
 def test_compiled_layers_match_the_reference_and_expose_inner_losses():
     config = load_config("digits_tiny").replace(width=16, heads=2, depth=2, mlp_dim=32)
     model = small_vit(layers.mttt_linear)
-    compiled = compile_layers(model, config)
+    compiled = compile_layers(model, lambda m: [b.attn for b in m.blocks], model.num_tokens, 16, config)
     assert all(isinstance(b.attn, CompiledLayer) for b in compiled.blocks)
     images = jax.random.normal(KEY, (4, 8, 8, 1))
     run = eqx.filter_jit(lambda m, x: (jax.vmap(m)(x), m.inner_losses(x[0])))

@@ -30,8 +30,15 @@ class ConfigError(ValueError):
 class Config:
     """Everything a training run depends on. Defaults give a small CPU run on the digits.
 
-    Data: ``data`` is ``"digits"`` (embedded 8x8 digits, 1797 images) or ``"imagenet:DIR"``
-    (``DIR/train/<class>/*.JPEG`` and ``DIR/val/<class>/*.JPEG``). Train-time augmentation:
+    Task: ``data`` names it. Image classification (a ViT): ``"digits"`` (embedded 8x8 digits, 1797
+    images) or ``"imagenet:DIR"`` (``DIR/train/<class>/*.JPEG`` and ``DIR/val/<class>/*.JPEG``).
+    Causal language modelling (a causal LM): ``"text"``, the embedded character corpus, windows of
+    ``seq_len`` tokens, validation on ``eval_examples`` windows of the held-out last 10%.
+    Multi-query associative recall: ``"mqar"``, ``num_pairs`` key-value pairs in sequences of
+    ``seq_len`` over ``vocab`` ids, accuracy on ``eval_examples`` held-out sequences. The sequence
+    tasks use ``width``, ``depth``, ``heads``, ``mlp_dim``, ``layer`` (the token mixer, made causal),
+    ``layer_options`` and ``passes``; ``prev_token`` adds the previous token's embedding.
+    Image classification train-time augmentation:
     ``crop_area_min`` (random-resized crop keeping a fraction in ``[crop_area_min, 1]`` of the
     area, aspect ratio in ``[3/4, 4/3]``; ``None``: none), ``flip`` (left-right, p = 1/2),
     ``randaugment = (layers, magnitude)``, ``mixup`` (alpha of the Beta(alpha, alpha) mix; 0: off).
@@ -46,6 +53,11 @@ class Config:
     ``w <- w - lr_t (adam_t + (weight_decay / lr) w)``, i.e. the decay follows the schedule's shape
     but not its scale; linear warmup over ``warmup_steps`` then cosine decay to 0 at the last step.
     Exactly one of ``steps`` and ``epochs`` gives the run's length.
+
+    Devices: ``mesh`` maps axis names to sizes: ``"data"`` splits each batch, ``"fsdp"`` splits each
+    batch too and also shards every parameter and optimiser-state array along its largest dimension
+    divisible by the axis size; one size may be -1 (all remaining devices). ``async_checkpoints``:
+    training continues while a checkpoint is written.
     """
 
     name: str = "digits"
@@ -60,6 +72,12 @@ class Config:
     mixup: float = 0.0
     data_threads: int = 4
     data_workers: int = 0
+    # sequence tasks (data = "text" | "mqar")
+    seq_len: int = 128
+    num_pairs: int = 8
+    vocab: int = 64
+    prev_token: bool = False
+    eval_examples: int = 256
     # model
     vit: str = "Ti"
     width: int | None = None
@@ -88,7 +106,9 @@ class Config:
     eval_every: int = 100
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
-    hosts: int = 1
+    async_checkpoints: bool = False
+    # devices
+    mesh: Mapping[str, int] = field(default_factory=lambda: {"data": -1})
 
     def replace(self, **changes: Any) -> Config:
         """A copy with ``changes`` applied; unknown field names raise :class:`ConfigError`."""
@@ -154,15 +174,48 @@ def load_config(name_or_path: str) -> Config:
     return config
 
 
+#: The task each kind of data set trains: image classification, language modelling, recall.
+TASKS = {"digits": "classify", "imagenet": "classify", "text": "lm", "mqar": "recall"}
+MESH_AXES = ("data", "fsdp")
+
+
 def data_spec(data: str) -> tuple[str, str | None]:
-    """``("digits", None)`` or ``("imagenet", DIR)`` from the ``data`` field / ``--data`` option."""
+    """``("digits", None)``, ``("imagenet", DIR)``, ``("text", None)`` or ``("mqar", None)`` from the
+    ``data`` field / ``--data`` option."""
     kind, _, where = data.partition(":")
-    if kind == "digits" and not where:
-        return "digits", None
+    if kind in ("digits", "text", "mqar") and not where:
+        return kind, None
     if kind == "imagenet" and where:
         return "imagenet", where
-    raise ConfigError(f"data={data!r} is not a data set: use 'digits' or 'imagenet:DIR' "
-                      "(DIR holding train/<class>/*.JPEG and val/<class>/*.JPEG)")
+    raise ConfigError(f"data={data!r} is not a data set: use 'digits', 'imagenet:DIR' "
+                      "(DIR holding train/<class>/*.JPEG and val/<class>/*.JPEG), 'text' or 'mqar'")
+
+
+def task_of(config: Config) -> str:
+    """``"classify"``, ``"lm"`` or ``"recall"``: the task the config's data set trains."""
+    return TASKS[data_spec(config.data)[0]]
+
+
+def mesh_shape(mesh: Mapping[str, int], num_devices: int) -> dict[str, int]:
+    """The ``mesh`` field with its -1 resolved so that the sizes multiply to ``num_devices``."""
+    if not isinstance(mesh, Mapping) or not mesh:
+        raise ConfigError(f"mesh={mesh!r} must be a dict of axis sizes, e.g. {{'data': -1, 'fsdp': 2}}")
+    unknown = [k for k in mesh if k not in MESH_AXES]
+    _require(not unknown, f"mesh axis {unknown[0] if unknown else ''!r} is unknown: use {' and '.join(MESH_AXES)}")
+    sizes = dict(mesh)
+    free = [k for k, v in sizes.items() if v == -1]
+    bad = [k for k, v in sizes.items() if not (isinstance(v, int) and (v > 0 or v == -1))]
+    _require(not bad and len(free) <= 1,
+             f"mesh={dict(mesh)}: sizes must be positive integers, at most one of them -1 (all remaining devices)")
+    fixed = math.prod(v for v in sizes.values() if v != -1)
+    if free:
+        _require(num_devices % fixed == 0, f"mesh={dict(mesh)} needs a multiple of {fixed} devices, "
+                 f"{num_devices} are present: change the mesh sizes")
+        sizes[free[0]] = num_devices // fixed
+    _require(math.prod(sizes.values()) == num_devices,
+             f"mesh={dict(mesh)} has {math.prod(sizes.values())} devices, {num_devices} are present: "
+             "set one size to -1 or make them multiply to the device count")
+    return sizes
 
 
 def _require(ok: bool, message: str) -> None:
@@ -206,7 +259,7 @@ def validate(config: Config, *, num_devices: int = 1, image_size: int | None = N
              f"steps={c.steps!r} must be a positive integer")
     _require(c.epochs is None or c.epochs > 0, f"epochs={c.epochs!r} must be positive")
     for k in ("batch_size", "eval_batch_size", "log_every", "eval_every", "checkpoint_every",
-              "keep_checkpoints", "hosts"):
+              "keep_checkpoints", "seq_len", "eval_examples"):
         v = getattr(c, k)
         _require(isinstance(v, int) and v > 0, f"{k}={v!r} must be a positive integer")
     _require(isinstance(c.warmup_steps, int) and c.warmup_steps >= 0, f"warmup_steps={c.warmup_steps!r} must be >= 0")
@@ -227,7 +280,25 @@ def validate(config: Config, *, num_devices: int = 1, image_size: int | None = N
         v = getattr(c, k)
         _require(v % num_devices == 0,
                  f"{k}={v} is not divisible by the {num_devices} devices: use a multiple of {num_devices}")
+    mesh_shape(c.mesh, num_devices)
+    if task_of(c) != "classify":
+        chunk = c.layer_options.get("chunk") if isinstance(c.layer_options, Mapping) else None
+        _require(chunk is None or (isinstance(chunk, int) and chunk > 0 and c.seq_len % chunk == 0),
+                 f"layer_options chunk={chunk!r} must divide seq_len={c.seq_len}: choose a divisor of seq_len")
+        _require(c.layer in SEQUENCE_LAYERS, f"layer={c.layer!r} cannot mix tokens causally: for data={c.data!r} "
+                 f"use one of {', '.join(SEQUENCE_LAYERS)}")
+    if task_of(c) == "recall":
+        from ttt_compile.training.mqar import MQARSpec
+
+        try:
+            MQARSpec(c.seq_len, c.num_pairs, c.vocab)
+        except ValueError as e:
+            raise ConfigError(f"{e}: change seq_len, num_pairs or vocab") from None
     return config
+
+
+#: The layers a causal LM can use (each made causal: see ttt_compile.training.tasks.causal_mixer).
+SEQUENCE_LAYERS = ("linear_attention", "linear_attention_elu1", "mttt_linear", "mttt_mlp", "self_attention")
 
 
 def layer_presets() -> list[str]:

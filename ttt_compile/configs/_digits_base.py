@@ -1,4 +1,4 @@
-"""Shared recipe of the digits results table (``scripts/digits_table.py``): one config per layer, all
+"""Shared recipe of the digits results table (``ttt-compile table digits``): one config per layer, all
 else equal. A 2-block ViT (width 32, 2 heads) over raw pixels (n = 64 tokens), 600 steps of AdamW."""
 from ttt_compile.configs import Config
 

@@ -2,16 +2,19 @@
 trained on the 8x8 digits with every pixel a token (n = 64), over several seeds; plus a logistic
 regression on the raw pixels as the floor. One row per layer:
 
-    python scripts/digits_table.py [--seeds 0 1 2] [--steps N] [--only digits_mttt_mlp ...]
-                                   [--out benchmarks/results/digits] [--runs runs/digits_table]
-    python scripts/digits_table.py --render benchmarks/results/digits/results.json --notes NOTES.md
+    ttt-compile table digits [--seeds 0 1 2] [--steps N] [--only digits_mttt_mlp ...]
+                             [--out benchmarks/results/digits] [--runs runs/digits_table]
+    ttt-compile table digits --render benchmarks/results/digits/results.json --notes NOTES.md
+
+A full run (8 layers x 3 seeds + the floor) took 32 min on a shared 2-core CPU. Without ``--out`` it
+writes to ``runs/tables/digits`` (the committed results stay as they are).
 
 Per layer: test accuracy and loss (mean ± std over the seeds), parameters, forward FLOPs per example
 (XLA's cost analysis of the trained, compiled model applied to one image, loop trip counts included:
 ``ttt_compile.cost.of``), training wall time, throughput, final train loss and the inner-loop loss.
 
 A seed is ``Config.seed``: it draws the model's initial weights and the order of the training
-batches. The train/test split (1438 / 359 images, ``ttt_compile.data.load_digits``) is the same for
+batches. The train/test split (1438 / 359 images, ``ttt_compile.training.data.load_digits``) is the same for
 every seed and every row, so all rows are scored on the same 359 test images.
 
 The floor: softmax regression ``logits = x W + b`` on the 64 standardised pixels, full-batch Adam
@@ -29,18 +32,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
-import shlex
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-OUT = REPO / "benchmarks" / "results" / "digits"
+from ttt_compile.benchmarks.tables import provenance
 
 TABLE = ["digits_linear_attention", "digits_linear_attention_elu1", "digits_mttt_linear", "digits_mttt_mlp",
          "digits_mttt_mlp_full4", "digits_mttt_mlp_sgd4", "digits_mttt_kernel", "digits_self_attention"]
@@ -72,7 +70,7 @@ def run(name: str, seed: int, runs: Path, steps: int | None, plots: bool = True)
     """Train config ``name`` (a shipped config or a ``.py`` path) with ``seed`` from scratch into
     ``runs/<config.name>/seed<seed>`` and summarise it."""
     from ttt_compile.configs import load_config
-    from ttt_compile.train import read_metrics, train
+    from ttt_compile.training import read_metrics, train
 
     config = load_config(name).replace(seed=seed)
     workdir = runs / config.name / f"seed{seed}"
@@ -105,19 +103,19 @@ def forward_cost(name: str, seed: int, workdir: Path) -> dict:
     The parameters are arguments of the measured function (not constants XLA could fold)."""
     import equinox as eqx
     import jax
-    from ttt_compile import checkpoint as ckpt
     from ttt_compile import cost
-    from ttt_compile import data as data_lib
     from ttt_compile.configs import load_config
-    from ttt_compile.train import build_model, make_optimizer, make_schedule, split_model
+    from ttt_compile.training import Checkpoints, make_task
+    from ttt_compile.training.optim import make_optimizer, make_schedule
 
     config = load_config(name).replace(seed=seed)
-    dataset = data_lib.load(config)
-    params, static = split_model(build_model(config, dataset, jax.random.PRNGKey(seed)))
+    task = make_task(config)
+    params, static = eqx.partition(task.build(jax.random.PRNGKey(seed)), eqx.is_inexact_array)
     opt_state = make_optimizer(config, make_schedule(config, 2, 1)).init(params)
-    ckpt_dir = Path(workdir) / "checkpoints"
-    params, _ = ckpt.restore(ckpt_dir, ckpt.latest_step(ckpt_dir), (params, opt_state))
-    image = np.zeros(dataset.image_shape, np.float32)
+    checkpoints = Checkpoints(Path(workdir) / "checkpoints")
+    params, _ = checkpoints.restore_latest((params, opt_state)).state
+    checkpoints.close()
+    image = np.zeros(task.data.image_shape, np.float32)
     c = cost.of(lambda p, x: eqx.combine(p, static)(x), params, image)
     return {"flops": c.flops, "bytes": c.bytes, "eqns": c.eqns}
 
@@ -137,7 +135,7 @@ def logistic_regression(seed: int, *, steps: int = 500, lr: float = 0.05, l2_gri
     import optax
     from ttt_compile import cost
     from ttt_compile.configs import Config
-    from ttt_compile.data import load_digits
+    from ttt_compile.training.data import load_digits
 
     t0 = time.perf_counter()
     d = load_digits(test_fraction=Config().test_fraction)
@@ -406,20 +404,6 @@ def plot(runs: list[dict], rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def machine_facts() -> dict:
-    import jax
-
-    cpu = platform.processor() or "?"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "cpu": cpu,
-            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "python": sys.version.split()[0], "jax": jax.__version__, "backend": jax.default_backend(),
-            "niceness": os.nice(0), "load_start": " ".join(f"{x:.1f}" for x in os.getloadavg())}
-
-
 # ------------------------------------------------------------------------------------------ main
 
 
@@ -430,7 +414,7 @@ def build_table(names: list[str], seeds: list[int], out: Path, runs_dir: Path, s
     from ttt_compile.configs import load_config
 
     t_start = time.perf_counter()
-    meta = machine_facts()
+    meta = provenance.machine_facts()
     out.mkdir(parents=True, exist_ok=True)
     runs, costs = [], {}
     for name in names:
@@ -455,7 +439,7 @@ def build_table(names: list[str], seeds: list[int], out: Path, runs_dir: Path, s
     pairs = rounding_divergence(runs)
     meta.update(seeds=list(seeds), steps=steps, config_steps=sorted({load_config(n).steps for n in names}),
                 floor={"steps": floor_steps, "lr": floor_lr, "l2_grid": list(floor_l2_grid)},
-                command=command or "python " + " ".join(shlex.quote(a) for a in sys.argv), runs_dir=str(runs_dir),
+                command=command or provenance.command("digits", None), runs_dir=str(runs_dir),
                 wall_s=time.perf_counter() - t_start)
     meta["config_steps"] = "/".join(map(str, meta["config_steps"]))
     result = {"meta": meta, "rows": rows, "claims": claims, "rounding_divergence": pairs, "runs": runs}
@@ -465,44 +449,38 @@ def build_table(names: list[str], seeds: list[int], out: Path, runs_dir: Path, s
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    from ttt_compile.configs import available
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default=str(OUT), help="where results.{md,json} and accuracy.png go "
-                        "(default benchmarks/results/digits)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=provenance.scratch_out("digits"),
+                        help="where results.{md,json} and accuracy.png go (default runs/tables/digits; the committed "
+                        "table is benchmarks/results/digits)")
     parser.add_argument("--runs", default="runs/digits_table", help="per-run work folders (default runs/digits_table)")
     parser.add_argument("--steps", type=int, help="override every config's number of steps (the same for all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Config.seed values (default 0 1 2)")
-    parser.add_argument("--only", nargs="+", choices=[n for n in available() if n in TABLE], help="a subset of rows")
+    parser.add_argument("--only", nargs="+", choices=TABLE, help="a subset of rows")
     parser.add_argument("--no-floor", action="store_true", help="skip the logistic-regression floor")
     parser.add_argument("--notes", help="a markdown file whose text is added after the comparison")
     parser.add_argument("--render", metavar="RESULTS_JSON", help="train nothing: rewrite results.md and accuracy.png "
                         "in --out from this results.json (e.g. to add --notes)")
-    args = parser.parse_args(argv)
+
+
+def run_table(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     notes = Path(args.notes).read_text() if args.notes else ""
+    out = Path(args.out)
     if args.render:
         saved = json.loads(Path(args.render).read_text())
-        out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         pairs = saved.get("rounding_divergence", rounding_divergence(saved["runs"]))
         (out / "results.md").write_text(markdown(saved["rows"], saved["claims"], saved["meta"], notes, pairs))
         plot(saved["runs"], saved["rows"], out / "accuracy.png")
         print(f"wrote {out / 'results.md'}, {out / 'accuracy.png'} from {args.render}")
         return 0
-    command = "python scripts/digits_table.py " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    if os.nice(0):
-        command = f"nice -n {os.nice(0)} {command}"
-    result = build_table(args.only or TABLE, args.seeds, Path(args.out), Path(args.runs), args.steps,
-                         floor=not args.no_floor, notes=notes, command=command,
+    provenance.announce("digits", out)
+    result = build_table(args.only or TABLE, args.seeds, out, Path(args.runs), args.steps,
+                         floor=not args.no_floor, notes=notes, command=provenance.command("digits", argv),
                          log=lambda *a: print(*a, flush=True))
-    out = Path(args.out)
     print(markdown_table(result["rows"]))
     print(comparison_text(result["claims"]))
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'accuracy.png'} "
           f"in {result['meta']['wall_s'] / 60:.1f} min")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

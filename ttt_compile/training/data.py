@@ -26,7 +26,7 @@ from PIL import Image, ImageEnhance, ImageOps
 
 from ttt_compile.configs import Config, ConfigError, data_spec
 
-DIGITS_PATH = Path(__file__).parent / "assets" / "digits.npz"
+DIGITS_PATH = Path(__file__).parents[1] / "assets" / "digits.npz"
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 Record = dict[str, np.ndarray]
 Transform = Callable[[Any, np.random.Generator], Record]
