@@ -117,7 +117,7 @@ def linear_attention(*, dim: int, heads: int, key: PRNGKeyArray, feature_map: st
 
 
 _TTT_OPTIONS = {"steps": 1, "batching": "full", "chunk": 1, "lr": 1.0, "decoder_ln": False, "init": "zero",
-                "optimizer": None}
+                "optimizer": None, "inner_dtype": None}
 
 
 def _ttt(name, learner, dim, heads, key, options, **defaults) -> TTTLayer:
@@ -125,12 +125,14 @@ def _ttt(name, learner, dim, heads, key, options, **defaults) -> TTTLayer:
     o = _options(name, options, {**_TTT_OPTIONS, **defaults})
     opt = o["optimizer"] if o["optimizer"] is not None else optax.sgd(o["lr"])
     return TTTLayer(dim, heads, learner, init=o["init"], task=Reconstruction(decoder_ln=o["decoder_ln"]),
-                    inner=Inner(steps=o["steps"], batching=o["batching"], chunk=o["chunk"], optimizer=opt),
+                    inner=Inner(steps=o["steps"], batching=o["batching"], chunk=o["chunk"], optimizer=opt,
+                                dtype=o["inner_dtype"]),
                     key=key)
 
 
 def mttt_linear(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:
-    """MTTT-Linear: f(z; W) = W z, W0 = 0 (options: steps, batching, chunk, lr, decoder_ln, init, optimizer)."""
+    """MTTT-Linear: f(z; W) = W z, W0 = 0 (options: steps, batching, chunk, lr, decoder_ln, init, optimizer,
+    inner_dtype = Inner.dtype)."""
     _check_dims(dim, heads)
     return _ttt("mttt_linear", Linear(dim // heads), dim, heads, key, options)
 

@@ -12,6 +12,11 @@ import optax
 
 Batching = Literal["full", "sgd", "online"]
 Init = Literal["zero", "learned"]
+InnerDtype = Literal["float32", "bfloat16", "mixed"]
+#: Inner.dtype -> (dtype of the fast weights W, their gradients and updates; dtype of the inner
+#: loop's matmul operands: W as the learner sees it, keys, queries, tokens, the decoder g).
+INNER_DTYPES = {"float32": ("float32", "float32"), "bfloat16": ("bfloat16", "bfloat16"),
+                "mixed": ("float32", "bfloat16")}
 
 
 class SpecError(ValueError):
@@ -45,12 +50,18 @@ class Inner:
     chunk      b for batching="online": gradients of a chunk are taken at its starting weights and
                token t sums the updates of its chunk's tokens up to and including t.
     optimizer  any optax GradientTransformation; the paper uses plain GD, optax.sgd(eta) with eta=1.
+    dtype      precision of the inner loop, whatever the layer's input dtype (its output keeps the
+               input's dtype): None follows the arrays given (default); "float32"; "bfloat16": fast
+               weights, their gradients, optimizer state and updates, and every matmul in bf16;
+               "mixed": fast weights, gradients, optimizer state and updates in f32, the learner's
+               and decoder's matmuls on bf16 copies (W cast to bf16 where it is used).
     """
 
     steps: int = 1
     batching: Batching = "full"
     optimizer: optax.GradientTransformation = dataclasses.field(default_factory=lambda: optax.sgd(1.0))
     chunk: int = 1
+    dtype: InnerDtype | None = None
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
@@ -62,9 +73,15 @@ class Inner:
         if not isinstance(self.optimizer, optax.GradientTransformation):
             raise SpecError("Inner.optimizer must be an optax.GradientTransformation, e.g. optax.sgd(1.0); "
                             f"got {type(self.optimizer).__name__}")
+        if self.dtype is not None and self.dtype not in INNER_DTYPES:
+            raise SpecError(f"Inner.dtype must be None, {', '.join(map(repr, INNER_DTYPES))}, got {self.dtype!r}")
 
     def __hash__(self):  # optax transformations hold functions: hash by identity of the optimizer
-        return hash((self.steps, self.batching, self.chunk, id(self.optimizer)))
+        return hash((self.steps, self.batching, self.chunk, id(self.optimizer), self.dtype))
+
+    def dtypes(self) -> tuple[str, str] | None:
+        """(fast-weight dtype, matmul dtype) of `dtype`, or None when the loop follows its inputs."""
+        return None if self.dtype is None else INNER_DTYPES[self.dtype]
 
     def blocks(self, n: int) -> tuple[int, int]:
         """(number of loop steps, tokens per step) for a sequence of n tokens; checks divisibility."""

@@ -24,7 +24,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ttt_compile.ir.primitive import ttt_loop
 
-from .inner_steps import batch_step, online_step, reconstruction_loss, token_loss
+from .inner_steps import as_compute, batch_step, online_step, reconstruction_loss, token_loss
 from .learners import NonParametric
 from .outer_maps import Decoder, Output, Project, decode
 from .spec import Inner, Reconstruction, SpecError
@@ -79,6 +79,9 @@ class TTTLayer(eqx.Module):
             raise SpecError(f"TTTLayer.inner must be tc.Inner(...), got {type(inner).__name__}")
         if not isinstance(learner, eqx.Module):
             raise SpecError(f"TTTLayer.learner must be an equinox Module, got {type(learner).__name__}")
+        if isinstance(learner, NonParametric) and inner.dtype is not None:
+            raise SpecError(f"Inner.dtype={inner.dtype!r} sets the precision of fast weights, but "
+                            f"{type(learner).__name__} is non-parametric (it has none): leave Inner.dtype=None")
         self.dim, self.heads, self.init, self.inner, self.task = dim, heads, init, inner, task
         dh = dim // heads
         self.nonparametric = isinstance(learner, NonParametric)
@@ -114,7 +117,7 @@ class TTTLayer(eqx.Module):
         head = self._nonparametric_head if self.nonparametric else self._parametric_head
         o = jax.vmap(head, in_axes=(0, 0, None, 1, 1, None), out_axes=1)(
             self._W0(), self.g.weight, self.g.ln, k, q, x)                   # (n, H, d_h)
-        return self.h.tokens(o)
+        return self.h.tokens(o.astype(x.dtype))
 
     def inner_losses(self, x: Float[Array, "n d"]) -> Float[Array, "heads steps_plus_1"]:
         """l_k(W_t; X) for t = 0..T (before the first step and after each), per head: Figure 1 right."""
@@ -124,8 +127,10 @@ class TTTLayer(eqx.Module):
         k = self.phi.tokens(x)
 
         def per_head(W0, G, ln, k):
-            Ws = self._weights_sequence(W0, G, ln, k, x)
-            return jax.vmap(lambda W: reconstruction_loss(W, self.learner, G, ln, k, x))(Ws)
+            W0, G, ln, k, _, xc = self._in_inner_dtype(W0, G, ln, k, k, x)
+            Ws = self._weights_sequence(W0, G, ln, k, xc)
+            compute = self._compute()
+            return jax.vmap(lambda W: reconstruction_loss(as_compute(W, compute), self.learner, G, ln, k, xc))(Ws)
         return jax.vmap(per_head, in_axes=(0, 0, None, 1))(self._W0(), self.g.weight, self.g.ln, k)
 
     # ----------------------------------------------------------------- inner loop, one head
@@ -142,34 +147,49 @@ class TTTLayer(eqx.Module):
         state = self.learner.fit(k, labels)
         return jax.vmap(lambda qj: self.learner.predict(state, qj))(q)
 
+    def _compute(self):
+        """The dtype the learner sees W in (Inner.dtype), or None to follow the arrays."""
+        dtypes = self.inner.dtypes()
+        return None if dtypes is None else jnp.dtype(dtypes[1])
+
+    def _in_inner_dtype(self, W0, G, ln, k, q, x):
+        """W0 in the fast-weight dtype, the rest in the matmul dtype of Inner.dtype (unchanged if None)."""
+        dtypes = self.inner.dtypes()
+        if dtypes is None:
+            return W0, G, ln, k, q, x
+        weights, compute = map(jnp.dtype, dtypes)
+        return (as_compute(W0, weights), *as_compute((G, ln, k, q, x), compute))
+
     def _parametric_head(self, W0, G, ln, k, q, x):
+        W0, G, ln, k, q, x = self._in_inner_dtype(W0, G, ln, k, q, x)
         n = x.shape[0]
         steps, b = self.inner.blocks(n)
-        opt, static = self.inner.optimizer, self.learner
+        opt, static, compute = self.inner.optimizer, self.learner, self._compute()
         carry = (W0, opt.init(W0))
         nw = len(jax.tree_util.tree_leaves(W0))
         if self.inner.batching == "online":
             xs = (k.reshape(steps, b, -1), q.reshape(steps, b, -1), x.reshape(steps, b, -1))
-            _, ys = ttt_loop(online_step(opt, static), (G, ln), carry, xs, steps=steps,
+            _, ys = ttt_loop(online_step(opt, static, compute), (G, ln), carry, xs, steps=steps,
                              schedule="online", init=self.init, num_weights=nw)
             return ys.reshape(n, -1)
         if self.inner.batching == "sgd":
             consts, xs = (G, ln), (k.reshape(steps, b, -1), x.reshape(steps, b, -1))
         else:
             consts, xs = (G, ln, k, x), None
-        (WT, _), _ = ttt_loop(batch_step(opt, static), consts, carry, xs, steps=steps,
+        (WT, _), _ = ttt_loop(batch_step(opt, static, compute), consts, carry, xs, steps=steps,
                               schedule=self.inner.batching, init=self.init, num_weights=nw)
-        return jax.vmap(lambda qj: eqx.combine(WT, static)(qj))(q)
+        return jax.vmap(lambda qj: eqx.combine(as_compute(WT, compute), static)(qj))(q)
 
     def _weights_sequence(self, W0, G, ln, k, x):
-        """W_0..W_T of one head (reference path only), stacked on a leading axis."""
+        """W_0..W_T of one head (reference path only, inputs already in the inner dtype), stacked on a
+        leading axis."""
         steps, b = self.inner.blocks(x.shape[0])
         opt, static = self.inner.optimizer, self.learner
         if self.inner.batching == "sgd":
             consts, xs = (G, ln), (k.reshape(steps, b, -1), x.reshape(steps, b, -1))
         else:
             consts, xs = (G, ln, k, x), None
-        step = batch_step(opt, static)
+        step = batch_step(opt, static, self._compute())
 
         def keep(carry, xt):
             new, _ = step(consts, carry, xt)
