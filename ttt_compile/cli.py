@@ -2,6 +2,7 @@
 
     ttt-compile inspect LAYER [--dim --heads --seq --steps --batching --chunk --passes] [--json]
     ttt-compile bench [--quick] [--out DIR]
+    ttt-compile bench --device [--tiny] [--out DIR]
     ttt-compile train CONFIG [--data digits|imagenet:DIR] [--workdir DIR] [--steps N] [--resume]
 
 Bad arguments print one line naming the fix and exit with status 2.
@@ -79,7 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("train", help="train a config (see ttt-compile train --help)", add_help=False)
     if argv and argv[0] in ("bench", "train"):
         module = "ttt_compile.benchmarks.suite" if argv[0] == "bench" else "ttt_compile.train"
-        return int(importlib.import_module(module).main(argv[1:]) or 0)
+        rest = argv[1:]
+        if argv[0] == "bench" and "--device" in rest:
+            module, rest = "ttt_compile.benchmarks.device", [a for a in rest if a != "--device"]
+        return int(importlib.import_module(module).main(rest) or 0)
     args = parser.parse_args(argv)
     from ttt_compile.layer.spec import SpecError
     try:
