@@ -79,7 +79,7 @@ SIZES = {   # the models of each part at full size and --tiny
     "full": {"vit": dict(variant="S", image=224, patch=16, classes=1000, batch=128, dims={}),
              "pixels": dict(variant="Ti", image=224, patch=1, classes=1000, batch=1, dims={}),
              "causal": dict(dim=256, heads=4, ns=(4096, 16384), batch=8),
-             "min_block_s": 1.0, "rounds": 5},
+             "min_block_s": 0.5, "rounds": 5},
     "tiny": {"vit": dict(variant="S", image=32, patch=8, classes=10, batch=4,
                          dims=dict(width=48, depth=1, heads=3, mlp_dim=96)),
              "pixels": dict(variant="Ti", image=12, patch=1, classes=10, batch=1,
@@ -431,7 +431,15 @@ def _num(x, fmt: str = ",.1f", none: str = "-") -> str:
 
 
 def _gib(b) -> str:
-    return "-" if b is None else f"{b / 2**30:.3f} GiB"
+    if b is None:
+        return "-"
+    return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.2f} MiB"
+
+
+def _model(size: dict) -> str:
+    """'ViT-S/16', with the overridden dimensions of a --tiny model."""
+    shrunk = ", ".join(f"{k} {v}" for k, v in size["dims"].items())
+    return f"ViT-{size['variant']}/{size['patch']}" + (f" (shrunk: {shrunk})" if shrunk else "")
 
 
 def _status(r: dict) -> str:
@@ -458,7 +466,7 @@ def markdown(results: dict) -> str:
         lines += ["**--tiny**: shrunken models and sequences for a CPU smoke run; the figures describe "
                   "nothing about an accelerator or the paper's models.", ""]
     vs = s["vit"]
-    lines += [f"## ViT-{vs['variant']}/{vs['patch']} at {vs['image']}x{vs['image']}: one training step "
+    lines += [f"## {_model(vs)} at {vs['image']}x{vs['image']}: one training step "
               f"(batch {vs['batch']}, bf16 compute, f32 master weights, AdamW)", "",
               "| layer | images/s | TFLOP/s | fraction of peak | GFLOP/step | peak memory | compile s | status |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
@@ -467,12 +475,12 @@ def markdown(results: dict) -> str:
         lines.append(f"| {r['name']} | {_num(r.get('images_per_s')) if ok else '-'} | "
                      f"{_num(r.get('tflops'), '.3f') if ok else '-'} | "
                      f"{_num(r.get('fraction_of_peak'), '.3f') if ok else '-'} | "
-                     f"{_num(r['flops_per_step'] / 1e9, ',.1f') if ok else '-'} | "
+                     f"{_num(r['flops_per_step'] / 1e9, ',.4g') if ok else '-'} | "
                      f"{_gib(r.get('peak_bytes')) if ok else '-'} | {_num(r.get('compile_s')) if ok else '-'} | "
                      f"{_status(r)} |")
     ps = s["pixels"]
     n_pix = (ps["image"] // ps["patch"]) ** 2
-    lines += ["", f"## ViT-{ps['variant']} on raw {ps['image']}x{ps['image']} pixels (n = {n_pix:,}): training step, "
+    lines += ["", f"## {_model(ps)} on raw {ps['image']}x{ps['image']} pixels (n = {n_pix:,}): training step, "
               f"batch {ps['batch']}", "",
               "| layer | images/s | memory per image | TFLOP/s | compile s | status |",
               "| --- | ---: | ---: | ---: | ---: | --- |"]

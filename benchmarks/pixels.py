@@ -5,9 +5,8 @@ What is compiled: one layer's training step, ViT-Ti's attention layer (d = 192, 
 one image's tokens x (n, d) in float32: ``value_and_grad`` of ``sum(sin(layer(x)))`` with respect
 to the layer's outer parameters (as the benchmark suite and issue 11 define the training step).
 Reported: ``temp_size_in_bytes`` (what XLA plans for the forward and backward pass: activations,
-stored inner-loop state, scores) and arguments + outputs. A ViT-Ti training step holds 12 such
-layers plus their MLP blocks, so a whole model needs about 12 times the per-layer activations
-unless blocks are rematerialised; that factor is stated, not compiled.
+stored inner-loop state, scores) and arguments + outputs. With ``--model`` also the whole ViT-Ti
+training step (12 blocks, batch 1) as ``ttt-compile bench --device`` runs it, compiled, not run.
 
 Pipelines: ``tc.compile(layer, x, passes=...)`` with the default pipeline without ``remat``, and
 with ``remat`` forced to the per-step scheme (``("remat", {"scheme": "step"})``; the default
@@ -67,6 +66,27 @@ def step_memory(layer, n: int, passes) -> dict:
             "compile_s": time.perf_counter() - t0, "notes": notes}
 
 
+def model_memory(name: str) -> dict:
+    """Compiled memory of the whole ViT-Ti training step at 224 x 224 raw pixels, batch 1, as
+    `ttt-compile bench --device` runs it (bf16 compute, f32 master weights, AdamW; TTT layers
+    compiled with the default pipeline): lowered and compiled, not run."""
+    from .device import SIZES, VIT_LAYERS, build_vit, vit_step
+    size = SIZES["full"]["pixels"]
+    preset, options = VIT_LAYERS[name]
+    t0 = time.perf_counter()
+    model, _ = build_vit(size, preset, options, jnp.bfloat16)
+    step, params, opt_state = vit_step(model, jnp.bfloat16)
+    images = jax.ShapeDtypeStruct((size["batch"], size["image"], size["image"], 3), jnp.float32)
+    labels = jax.ShapeDtypeStruct((size["batch"],), jnp.int32)
+    ma = step.lower(params, opt_state, images, labels).compile().memory_analysis()
+    return {"layer": name, "tokens": model.num_tokens, "batch": size["batch"], "temp_bytes": int(ma.temp_size_in_bytes),
+            "argument_output_bytes": int(ma.argument_size_in_bytes + ma.output_size_in_bytes),
+            "compile_s": time.perf_counter() - t0}
+
+
+MODEL_LAYERS = ("linear attention", "MTTT-Linear", "MTTT-MLP T=1", "MTTT-MLP SGD T=4", "self-attention")
+
+
 def table(n: int, log=print) -> list[dict]:
     rows = []
     for name, (preset, options) in LAYERS.items():
@@ -84,17 +104,29 @@ def markdown(result: dict) -> str:
     rows = result["rows"]
     ref = next(r["temp_bytes"] for r in rows if r["layer"] == "linear attention")
     lines = [f"# Raw-pixel ViT-Ti memory per image at n = {n:,} ({result['date']})", "",
-             f"Command: `{result['command']}`. Machine: {result['machine']}; jax {result['jax']}. Compile only "
+             f"Command: `{result['command']}`" + (f" (layer rows: `{result['layers_command']}`, {result['layers_date']})"
+                                                 if "layers_command" in result else "")
+             + f". Machine: {result['machine']}; jax {result['jax']}. Compile only "
              "(XLA CPU `memory_analysis()`), nothing run.", "",
              f"One layer's training step per image: `value_and_grad(sum(sin(layer(x))))` w.r.t. the layer's "
-             f"outer parameters, x of shape ({n}, {DIM}) float32, ViT-Ti layer d = {DIM}, H = {HEADS}. "
-             f"A ViT-Ti has {DEPTH} such layers (plus MLP blocks): without block rematerialisation a "
-             f"whole-model step stores about {DEPTH}x the per-layer activations.", "",
+             f"outer parameters, x of shape ({n}, {DIM}) float32, ViT-Ti layer d = {DIM}, H = {HEADS}.", "",
              "| layer | pipeline | temp memory per image | x linear attention | args + outputs | compile s |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         lines.append(f"| {r['layer']} | {r['pipeline']} | {r['temp_bytes'] / 2**30:.3f} GiB | "
                      f"{r['temp_bytes'] / ref:.1f} | {r['argument_output_bytes'] / 2**20:.1f} MiB | {r['compile_s']:.0f} |")
+    if result.get("model"):
+        lines += ["", f"Whole ViT-Ti training step at 224 x 224 raw pixels (n = 50,176), batch 1, as "
+                  "`ttt-compile bench --device` runs it: bf16 compute, f32 master weights, AdamW, TTT layers "
+                  f"compiled with the default pipeline (remat included), {DEPTH} blocks, no block rematerialisation:",
+                  "",
+                  "| layer | temp memory per image | arguments + outputs | compile s |", "| --- | ---: | ---: | ---: |"]
+        for r in result["model"]:
+            if "error" in r:
+                lines.append(f"| {r['layer']} | failed: {r['error']} | - | - |")
+            else:
+                lines.append(f"| {r['layer']} | {r['temp_bytes'] / 2**30:.2f} GiB | "
+                             f"{r['argument_output_bytes'] / 2**20:.0f} MiB | {r['compile_s']:.0f} |")
     lines += ["", "Pass notes (remat):"]
     for r in rows:
         for note in r["notes"]:
@@ -107,12 +139,28 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=N, help="tokens per image (default 224*224)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--model", action="store_true", help="also compile the whole ViT-Ti step (n = 50176)")
+    parser.add_argument("--reuse-layers", action="store_true", help="keep the layer rows of OUT/pixels.json")
     args = parser.parse_args(argv)
-    command = "python -m ttt_compile.benchmarks.pixels" + (f" --n {args.n}" if args.n != N else "")
+    command = "python -m ttt_compile.benchmarks.pixels" + (f" --n {args.n}" if args.n != N else "") + (
+        " --model" if args.model else "") + (" --reuse-layers" if args.reuse_layers else "")
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": command, "machine": f"{platform.machine()} CPU", "jax": jax.__version__,
               "dim": DIM, "heads": HEADS, "n": args.n, "default_pipeline": list(DEFAULT)}
-    result["rows"] = table(args.n)
+    if args.reuse_layers:
+        old = json.loads((args.out / "pixels.json").read_text())
+        result.update(rows=old["rows"], layers_command=old["command"], layers_date=old["date"])
+    else:
+        result["rows"] = table(args.n)
+    if args.model:
+        result["model"] = []
+        for name in MODEL_LAYERS:
+            try:
+                result["model"].append(model_memory(name))
+            except Exception as e:  # noqa: BLE001 - recorded, the table goes on
+                result["model"].append({"layer": name, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            print(f"  model {name}: {result['model'][-1]}", flush=True)
+        result["model_date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "pixels.json").write_text(json.dumps(result, indent=1) + "\n")
     (args.out / "pixels.md").write_text(markdown(result))
