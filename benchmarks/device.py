@@ -30,8 +30,9 @@ self-attention memory at n = 50,176, which is computed from its formula and labe
 Every measurement runs in its own subprocess under a time limit (``LIMITS``; the whole run also has
 a budget, ``BUDGET_S``); one that fails, runs out of memory or out of time is recorded with its
 error and the run goes on. Device, driver and library versions are recorded with the figures in
-``results.json`` and ``results.md`` in ``--out``. ``--tiny`` shrinks every model and sequence so
-that the whole run takes about a minute on a CPU (its figures say nothing about an accelerator).
+``results.json`` and ``results.md`` in ``--out``. ``--tiny`` shrinks every model and sequence to
+exercise the same code paths on a CPU within a 170 s budget (its figures say nothing about an
+accelerator; on a loaded 2-core machine its compiles need more: ``--budget``).
 """
 from __future__ import annotations
 
