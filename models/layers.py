@@ -141,8 +141,10 @@ def mttt_mlp(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:
     """MTTT-MLP: f = 2-layer GELU MLP (hidden 4 d_h), learned W0, Decoder LN (same options)."""
     _check_dims(dim, heads)
     k_learner, k_layer = jax.random.split(key)
-    return _ttt("mttt_mlp", MLP(dim // heads, key=k_learner), dim, heads, k_layer, options,
-                init="learned", decoder_ln=True)
+    learner = MLP(dim // heads, key=k_learner)
+    if options.get("init") == "zero":                   # W0 = 0 is the learner's own value, not a reset
+        learner = jax.tree.map(jnp.zeros_like, learner)
+    return _ttt("mttt_mlp", learner, dim, heads, k_layer, options, init="learned", decoder_ln=True)
 
 
 def mttt_kernel(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:

@@ -89,7 +89,7 @@ def ttt_init_state(layer: TTTLayer) -> TTTState:
 
 def ttt_step(layer: TTTLayer, state: TTTState, x: Float[Array, " d"]) -> tuple[Float[Array, " d"], TTTState]:
     """One token of the online inner loop (see the module doc), all heads at once."""
-    opt, static, b = layer.inner.optimizer, layer.learner, layer.inner.chunk
+    opt, static, b = layer.inner.optimizer, layer.inner_model(), layer.inner.chunk
     k, q = layer.phi(x), layer.psi(x)                                       # (heads, d_h)
 
     def head(Wc, s, A, G, k, q):

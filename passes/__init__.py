@@ -29,8 +29,6 @@ with its options bound and type-checked; `DEFAULT` is the default pipeline.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import functools
 import inspect
@@ -39,6 +37,7 @@ from typing import Callable
 
 from jax.extend.core import ClosedJaxpr
 
+from ttt_compile.ir.notes import collecting_notes, note  # noqa: F401  (the pass contract's report channel)
 from ttt_compile.layer.spec import SpecError
 
 Pass = Callable[..., ClosedJaxpr]
@@ -56,7 +55,6 @@ class Registered:
 
 _REGISTRY: dict[str, Registered] = {}
 _ALIASES: dict[str, tuple[str, str]] = {}      # old name -> (name, why)
-_NOTES: contextvars.ContextVar[list | None] = contextvars.ContextVar("ttt_compile_notes", default=None)
 
 
 def register(name: str, *, assumes: str | None = None, before: tuple[str, ...] = (), why_before: str = ""):
@@ -152,23 +150,6 @@ def check_order(names: list[str]) -> list[str]:
                 warnings.append(f"{name} runs after {earlier} but declares it must run before it: "
                                 f"{_REGISTRY[name].why_before or 'it may find nothing to do'}")
     return warnings
-
-
-def note(message: str) -> None:
-    """Say something about this pass run for the report (e.g. why it did not apply)."""
-    notes = _NOTES.get()
-    if notes is not None:
-        notes.append(message)
-
-
-@contextlib.contextmanager
-def collecting_notes():
-    notes: list[str] = []
-    token = _NOTES.set(notes)
-    try:
-        yield notes
-    finally:
-        _NOTES.reset(token)
 
 
 from .cse import cse  # noqa: E402

@@ -29,11 +29,12 @@ class _CSE:
             hash(key)
         except TypeError:
             return default_rule(interp, eqn, invals)
-        if key in self.seen:
+        seen = self.seen.setdefault(interp, {})     # per trace: a region's rewrite is another trace
+        if key in seen:
             self.hits += 1
-            return self.seen[key]
+            return seen[key]
         outs = default_rule(interp, eqn, invals)
-        self.seen[key] = outs
+        seen[key] = outs
         interp._alive.extend(invals)           # keep operand ids stable while the key lives
         return outs
 

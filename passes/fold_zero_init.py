@@ -138,13 +138,33 @@ def _rules(folder: _Folder) -> dict:
     return by_name
 
 
+def _exact_for_integers(prim) -> bool:
+    """Rules whose zero algebra also holds exactly for integers and booleans (0 * x = 0, x + 0 = x,
+    shape ops of a zero); division and the transcendental ones are for inexact dtypes only."""
+    return prim not in (lax.div_p, lax.integer_pow_p) and prim.name not in ("sin", "tanh", "sqrt", "sign")
+
+
+def _gated(rules: dict) -> dict:
+    """Each rule fires only where its algebra holds for the equation's dtypes, else the default rule
+    (symbolic zeros instantiated, the equation re-bound unchanged)."""
+    def gate(rule, prim):
+        def gated(interp, eqn, invals):
+            inexact = all(jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in (*eqn.invars, *eqn.outvars)
+                          if hasattr(v.aval, "dtype"))
+            if inexact or prim is ttt_loop_p or _exact_for_integers(prim):
+                return rule(interp, eqn, invals)
+            return interp.bind(eqn, invals)
+        return gated
+    return {prim: gate(rule, prim) for prim, rule in rules.items()}
+
+
 @register("fold_zero_init", assumes=ASSUMES)
 def fold_zero_init(closed: ClosedJaxpr) -> ClosedJaxpr:
     """Fold W0 = 0: 0*x = 0, x+0 = x, 0-x = -x, dot(0, .) = 0 through reshapes, transposes,
     broadcasts, reductions and the inner gradient; an init='zero' ttt_loop has its first step peeled
     and evaluated with symbolic zero weights.  Assumes finite values."""
     folder = _Folder()
-    out = rewrite(closed, _rules(folder), _instantiate)
+    out = rewrite(closed, _gated(_rules(folder)), _instantiate)
     if not folder.folded:
         note("did not apply: no ttt_loop with init='zero' and no known-zero values to fold")
         return closed

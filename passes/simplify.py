@@ -19,6 +19,7 @@ import dataclasses
 import string
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.extend.core import ClosedJaxpr
@@ -57,6 +58,9 @@ def _parts(v):
 
 
 def _scaled(x, c):
+    """c * x, kept symbolic; a scaled splat is a splat (symbolic values never nest)."""
+    if isinstance(x, Splat):
+        return Splat(x.value * c, x.aval)
     return x if c == 1 else Scaled(x, c)
 
 
@@ -69,7 +73,15 @@ def _scalar_const(v):
 
 
 _LINEAR_UNARY = ("transpose", "reshape", "squeeze", "expand_dims", "broadcast_in_dim", "reduce_sum", "slice",
-                 "rev", "copy", "copy_p", "cumsum", "convert_element_type", "dynamic_slice", "reduce_precision")
+                 "rev", "copy", "copy_p", "cumsum", "convert_element_type", "dynamic_slice")
+
+
+def _inexact(eqn) -> bool:
+    """Whether every operand and result of `eqn` has an inexact (float/complex) dtype: the scalar
+    algebra below (c * x carried through linear ops) is real-number algebra, wrong for integers
+    (truncating division, casts) and meaningless for booleans."""
+    return all(jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in (*eqn.invars, *eqn.outvars)
+               if hasattr(v.aval, "dtype"))
 
 
 class _Simplifier:
@@ -104,6 +116,8 @@ class _Simplifier:
         return [_scaled(out, c)]
 
     def neg(self, interp, eqn, invals):
+        if isinstance(invals[0], Splat):
+            return self.hit([Splat(-invals[0].value, eqn.outvars[0].aval)])
         base, c = _parts(invals[0])
         return self.hit([_scaled(base, -c)])
 
@@ -144,6 +158,8 @@ class _Simplifier:
 
     def integer_pow(self, interp, eqn, invals):
         base, c = _parts(invals[0])
+        if c == 0 and eqn.params["y"] < 0:
+            return interp.bind(eqn, invals)
         return [_scaled(interp.bind(eqn, [base])[0], c ** eqn.params["y"])]
 
     def dot_general(self, interp, eqn, invals):
@@ -233,7 +249,9 @@ def _dot_by_labels(a, b, params, drop, interp):
 
 
 def _fold_constants(rule_table, s):
-    """Wrap the default: an equation whose inputs are all scalar constants is evaluated now."""
+    """Wrap the default: an equation whose inputs are all scalar constants is evaluated now (exact:
+    the same primitive on the same values); other equations go to their rule only when they are
+    inexact arithmetic, else to the default rule (operands instantiated, re-bound unchanged)."""
     from ttt_compile.ir.interpreter import default_rule
 
     def rule(interp, eqn, invals):
@@ -243,7 +261,9 @@ def _fold_constants(rule_table, s):
             with jax.ensure_compile_time_eval():
                 s.hits += 1
                 return [np.asarray(eqn.primitive.bind(*[np.asarray(v) for v in invals], **eqn.params))]
-        return rule_table.get(eqn.primitive, default_rule)(interp, eqn, invals)
+        if eqn.primitive in rule_table and _inexact(eqn):
+            return rule_table[eqn.primitive](interp, eqn, invals)
+        return default_rule(interp, eqn, invals)
     return rule
 
 

@@ -36,7 +36,7 @@ def _factory(name: str):
 
 
 def inspect(args) -> int:
-    """Compile LAYER on one random sequence and print every stage's jaxpr and the cost table."""
+    """Compile LAYER on one random sequence; print the cost table, then on request each pass's diff and jaxprs."""
     import jax
 
     import ttt_compile as tc
@@ -51,11 +51,15 @@ def inspect(args) -> int:
                                       "temp_bytes": c.temp_bytes, "notes": list(notes)}
                                      for (name, _, c), (_, notes) in zip(prog.stages, prog.notes)]}))
         return 0
-    if not args.table_only:
-        for name, closed, _ in prog.stages:
-            print(f"==== after {name} ====")
-            print(closed)
     print(prog.report())
+    if args.diff:
+        for i, (name, _, _) in enumerate(prog.stages[1:], start=1):
+            print(f"\n==== {name}: what it changed ====")
+            print(prog.diff(i))
+    if args.jaxprs:
+        for name, closed, _ in prog.stages:
+            print(f"\n==== after {name} ====")
+            print(closed)
     return 0
 
 
@@ -75,7 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passes", default="default", help="'default', 'none' or comma-separated pass names")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the stage table as JSON")
-    p.add_argument("--table-only", action="store_true", help="print the cost table without jaxprs")
+    p.add_argument("--diff", action="store_true", help="after the table, what each pass changed")
+    p.add_argument("--jaxprs", action="store_true", help="after the table, the program after each pass")
+    p.add_argument("--table-only", action="store_true", help="the cost table only (the default; kept for scripts)")
     sub.add_parser("bench", help="run the pass-comparison benchmark suite", add_help=False)
     sub.add_parser("train", help="train a config (see ttt-compile train --help)", add_help=False)
     if argv and argv[0] in ("bench", "train"):

@@ -11,7 +11,9 @@ import jax
 from jax.extend.core import ClosedJaxpr, jaxpr_as_fun
 
 from . import passes as P
+from . import program_diff
 from .cost import Cost, measure
+from .program_diff import ProgramDiff
 from .ir.jaxpr_utils import count_eqns
 from .ir.primitive import contains_loop, emitting
 from .layer.spec import SpecError
@@ -60,6 +62,18 @@ class Compiled(eqx.Module):
     @property
     def notes(self) -> list[tuple[str, tuple[str, ...]]]:
         return [(name, notes) for name, _, notes in self.pipeline]
+
+    def diff(self, stage: str | int) -> ProgramDiff:
+        """What pass `stage` (its name, or its index in `stages`) changed: equations removed, added and
+        rewritten between the program before it and after it (`print(prog.diff("simplify"))`)."""
+        names = [name for name, _, _ in self.pipeline]
+        if isinstance(stage, str):
+            if stage not in names or stage == "trace":
+                raise SpecError(f"Compiled.diff: no pass stage {stage!r}; stages are {', '.join(names[1:])}")
+            stage = names.index(stage)
+        if not isinstance(stage, int) or not 1 <= stage < len(names):
+            raise SpecError(f"Compiled.diff: stage index must be in 1..{len(names) - 1}, got {stage!r}")
+        return program_diff.diff(self.pipeline[stage - 1][1], self.pipeline[stage][1])
 
     def report(self, jaxprs: bool = False) -> str:
         """Per stage: equations, FLOPs, bytes accessed, compiled temp memory, and the pass's notes."""

@@ -5,28 +5,35 @@
 the primitive again.  Values in the walk are tracers, literals (Python/NumPy scalars) or symbolic
 values a pass invents (e.g. a known zero); `Interpreter.instantiate` turns those back into arrays
 where an equation without a rule needs them.  Because the output is produced by tracing, the result
-is a valid ClosedJaxpr by construction.
+is a valid ClosedJaxpr by construction, with exactly the input's interface (avals, weak types too).
 
 Higher-order primitives: `jit` / `closed_call` are inlined (so rules see through a user's
-`jax.jit`); `scan`, `checkpoint` (remat) and custom_jvp/vjp regions are rewritten recursively only
-when they contain a `ttt_loop` (custom derivative regions are then inlined: the rewritten program
-is differentiated from its primal equations); anything else is re-bound unchanged.
+`jax.jit`).  Every other higher-order primitive (`scan`, `while`, `cond`, `checkpoint`,
+`custom_jvp_call`, `custom_vjp_call`, and `ttt_loop` for passes without a rule for it) has each
+sub-jaxpr rewritten by the same pass with its interface kept (symbolic values never cross a region
+boundary: operands are instantiated) and is re-bound with its other parameters unchanged: a
+custom_jvp keeps its jvp rule and a custom_vjp its fwd/bwd rules (only the primal program is
+rewritten).  A region the interpreter cannot rebuild (an open sub-jaxpr that gained constants) is
+left as it was, with a note; its `ttt_loop`s still run (the primitive's impl) and differentiate
+(its JVP).  First-order primitives without a rule are re-bound unchanged.
 """
 from __future__ import annotations
 
 from typing import Any, Callable
 
 import jax
-from jax.extend.core import ClosedJaxpr, Literal, primitives
+from jax._src import api_util
+from jax._src import linear_util as lu
+from jax._src.interpreters import partial_eval as pe
+from jax._src.lax import lax as lax_internal
+from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, jaxprs_in_params, primitives
 
 from .jaxpr_utils import dce, hoist_consts
-from .primitive import contains_loop
+from .notes import note
 
 Rule = Callable[["Interpreter", Any, list], list]
 
-
 _INLINE = {primitives.jit_p, primitives.closed_call_p}
-_CUSTOM = {primitives.custom_jvp_call_p, primitives.custom_vjp_call_p}
 
 
 class Interpreter:
@@ -84,39 +91,71 @@ class Interpreter:
         return self.emit(eqn.primitive, *invals, **{**eqn.params, **new_params})
 
     def emit(self, prim, *invals, **params) -> list:
-        """Bind a primitive and remember it as the producer of its outputs."""
-        outs = prim.bind(*invals, **params)
+        """Bind a primitive (as jaxpr evaluation does: its sub-functions rebuilt from its params) and
+        remember it as the producer of its outputs."""
+        outs = prim.bind(*invals, **prim.get_bind_params(params))
         outs = list(outs) if prim.multiple_results else [outs]
         self.record(outs, prim, params, list(invals))
         return outs
 
 
 def default_rule(interp: Interpreter, eqn, invals) -> list:
-    """Inline calls, recurse into loop-bearing regions, otherwise re-bind the equation as it was."""
-    prim = eqn.primitive
-    if prim in _INLINE:                 # symbolic values flow in: rules see through jnp's jit wrappers
+    """Inline calls, rewrite inside loop-bearing regions, otherwise re-bind the equation as it was."""
+    if eqn.primitive in _INLINE:        # symbolic values flow in: rules see through jnp's jit wrappers
         return interp.eval_closed(eqn.params["jaxpr"], invals)
-    if not any(contains_loop(j) for j in jax.extend.core.jaxprs_in_params(eqn.params)):
+    if not any(True for _ in jaxprs_in_params(eqn.params)):
         return interp.bind(eqn, invals)
-    args = [interp.instantiate(x, v.aval) for x, v in zip(invals, eqn.invars)]
-    if prim in _CUSTOM:
-        return interp.eval_closed(eqn.params["call_jaxpr"], args)
-    if prim is primitives.scan_p:
-        return interp.bind(eqn, args, jaxpr=interp.rewrite(eqn.params["jaxpr"]))
-    if prim is primitives.remat_p:
-        new = interp.rewrite(ClosedJaxpr(eqn.params["jaxpr"], []))
-        return list(prim.bind(*new.consts, *args, **{**eqn.params, "jaxpr": hoist_consts(new.jaxpr)}))
-    raise NotImplementedError(f"a ttt_loop inside a '{prim}' region is not supported by this pass; "
-                              "move the TTT layer out of it (jit, scan, checkpoint and custom_jvp work)")
+    return rewrite_region(interp, eqn, invals)
+
+
+def rewrite_region(interp: Interpreter, eqn, invals) -> list:
+    """Re-bind a higher-order equation with each of its sub-jaxprs rewritten by `interp`'s pass."""
+    new = {}
+    for name, value in eqn.params.items():
+        if isinstance(value, ClosedJaxpr):
+            new[name] = interp.rewrite(value)
+        elif isinstance(value, tuple) and value and all(isinstance(v, ClosedJaxpr) for v in value):
+            new[name] = tuple(interp.rewrite(v) for v in value)
+        elif isinstance(value, Jaxpr):
+            closed = interp.rewrite(ClosedJaxpr(value, []))
+            if closed.consts and eqn.primitive is not primitives.remat_p:
+                note(f"left a '{eqn.primitive}' region as it was: its rewritten body has constants "
+                               "and the primitive takes an open jaxpr; its ttt_loops run unoptimised")
+                return interp.bind(eqn, invals)
+            new[name] = closed if eqn.primitive is primitives.remat_p else closed.jaxpr
+    if eqn.primitive is primitives.remat_p:       # open jaxpr: rewritten constants become leading inputs
+        closed = new["jaxpr"]
+        args = [interp.instantiate(x, v.aval) for x, v in zip(invals, eqn.invars)]
+        return interp.emit(eqn.primitive, *closed.consts, *args,
+                           **{**eqn.params, "jaxpr": hoist_consts(closed.jaxpr)})
+    return interp.bind(eqn, invals, **new)
 
 
 def rewrite(closed: ClosedJaxpr, rules: dict, instantiate: Callable | None = None,
             default: Rule | None = None) -> ClosedJaxpr:
-    """Re-trace `closed` through `rules`: the generic body of every pass.  Result is DCE'd."""
+    """Re-trace `closed` through `rules`: the generic body of every pass.  The result has exactly the
+    input's interface (avals with weak types, in and out) and is DCE'd."""
     interp = Interpreter(rules, instantiate, default)
-    avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed.in_avals]
 
     def run(*args):
         outs = interp.eval_closed(closed, list(args))
-        return [interp.instantiate(o, a) for o, a in zip(outs, closed.out_avals)]
-    return dce(jax.make_jaxpr(run)(*avals))
+        return [match_aval(interp.instantiate(o, a), a) for o, a in zip(outs, closed.out_avals)]
+    return dce(trace_avals(run, closed.in_avals))
+
+
+def trace_avals(fun: Callable, avals) -> ClosedJaxpr:
+    """make_jaxpr of `fun` on abstract values exactly as given (weak types kept, unlike ShapeDtypeStruct)."""
+    dbg = api_util.debug_info("ttt_compile.rewrite", fun, tuple(avals), {})
+    jaxpr, _, consts = pe.trace_to_jaxpr_dynamic(lu.wrap_init(fun, debug_info=dbg), list(avals))
+    return ClosedJaxpr(jaxpr, consts)
+
+
+def match_aval(x, aval):
+    """x with `aval`'s shape, dtype and weak type (an interface must not change under a rewrite)."""
+    if jax.numpy.shape(x) != aval.shape:
+        x = jax.lax.broadcast_in_dim(x, aval.shape, tuple(range(aval.ndim - jax.numpy.ndim(x), aval.ndim)))
+    have = jax.typeof(x)
+    weak = getattr(aval, "weak_type", False)
+    if have.dtype != aval.dtype or getattr(have, "weak_type", False) != weak:
+        x = lax_internal._convert_element_type(x, aval.dtype, weak_type=weak)
+    return x

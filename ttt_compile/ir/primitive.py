@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend.core import ClosedJaxpr, Primitive, jaxpr_as_fun
 from jax.interpreters import ad, batching, mlir
+from jax.interpreters import partial_eval as pe
 
 from .jaxpr_utils import dce, hoist_consts
 
@@ -128,9 +129,36 @@ def _jvp(primals, tangents, **params):
     return jax.jvp(lambda *a: _impl(*a, **params), list(primals), tangents)
 
 
+def _dce(used_outputs: list[bool], eqn):
+    """JAX's DCE rule for `ttt_loop`: drop unused per-step outputs ys and every carry leaf that no used
+    output depends on (a fixpoint: a carry is live if it is used after the loop or the body needs it
+    to compute a live value), then the inputs the remaining body does not read."""
+    li = info(eqn.params)
+    if not any(used_outputs):
+        return [False] * len(eqn.invars), None
+    used_carry, used_ys = list(used_outputs[:li.num_carry]), list(used_outputs[li.num_carry:])
+    num_xs = len(eqn.invars) - li.num_consts - li.num_carry
+    while True:
+        body, used_in = pe.dce_jaxpr(li.body.jaxpr, used_carry + used_ys,
+                                     instantiate=[False] * li.num_consts + used_carry + [False] * num_xs)
+        carry_in = used_in[li.num_consts:li.num_consts + li.num_carry]
+        if all(a or not b for a, b in zip(used_carry, carry_in)):
+            break
+        used_carry = [a or b for a, b in zip(used_carry, carry_in)]
+    used_consts = used_in[:li.num_consts]
+    used_in = used_consts + used_carry + used_in[li.num_consts + li.num_carry:]
+    body, _ = pe.dce_jaxpr(li.body.jaxpr, used_carry + used_ys, instantiate=used_in)
+    params = {**eqn.params, "body": ClosedJaxpr(body, li.body.consts), "num_consts": sum(used_consts),
+              "num_carry": sum(used_carry), "num_weights": sum(used_carry[:li.num_weights])}
+    invars = [v for v, u in zip(eqn.invars, used_in) if u]
+    outvars = [v for v, u in zip(eqn.outvars, used_carry + used_ys) if u]
+    return used_in, eqn.replace(invars=invars, outvars=outvars, params=params)
+
+
 ttt_loop_p.def_impl(_impl)
 ttt_loop_p.def_abstract_eval(_abstract_eval)
 batching.fancy_primitive_batchers[ttt_loop_p] = _batch
+pe.dce_rules[ttt_loop_p] = _dce
 ad.primitive_jvps[ttt_loop_p] = _jvp
 mlir.register_lowering(ttt_loop_p, mlir.lower_fun(_impl, multiple_results=True))
 

@@ -14,7 +14,7 @@ one `ttt_loop` per layer for the passes to rewrite.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import equinox as eqx
 import jax
@@ -28,6 +28,33 @@ from .inner_steps import as_compute, batch_step, online_step, reconstruction_los
 from .learners import NonParametric
 from .outer_maps import Decoder, Output, Project, decode
 from .spec import Inner, Reconstruction, SpecError
+
+
+# --------------------------------------------------------------------------- the learner's arrays
+def split_learner(learner: eqx.Module, outer: Callable | None):
+    """(fast weights, outer arrays or None, non-array rest) of a learner; `outer` selects subtrees."""
+    arrays, rest = eqx.partition(learner, eqx.is_inexact_array)
+    if outer is None:
+        return arrays, None, rest
+    marked = jax.tree.map(lambda _: False, learner)
+    try:
+        marked = eqx.tree_at(outer, marked, replace_fn=lambda node: jax.tree.map(lambda _: True, node))
+    except Exception as e:  # noqa: BLE001 - re-raised with the fix
+        raise SpecError(f"TTTLayer.outer must select parts of the learner, e.g. outer=lambda f: (f.ln, f.gate); "
+                        f"applying it failed: {e}") from e
+    fast = eqx.filter(arrays, jax.tree.map(lambda m: not m, marked))
+    kept = eqx.filter(arrays, marked)
+    if not jax.tree_util.tree_leaves(kept):
+        raise SpecError("TTTLayer.outer selected no float arrays of the learner; select array fields or "
+                        "modules holding them, e.g. outer=lambda f: f.ln")
+    return fast, kept, rest
+
+
+def _nonzero(params) -> str:
+    """The paths of concrete non-zero arrays in `params` ('' if all zero or not concrete)."""
+    bad = [jax.tree_util.keystr(path) for path, a in jax.tree_util.tree_leaves_with_path(params)
+           if not isinstance(a, jax.core.Tracer) and bool(jnp.any(a != 0))]
+    return ", ".join(bad)
 
 
 # --------------------------------------------------------------------------- input checks
@@ -60,12 +87,17 @@ class TTTLayer(eqx.Module):
     init: str = eqx.field(static=True)
     inner: Inner = eqx.field(static=True)
     task: Reconstruction = eqx.field(static=True)
+    learner_outer: Any           # the learner's arrays marked `outer` (trained by the outer loop), or None
     learner: Any = eqx.field(static=True)        # the learner's non-array part (eqx.partition)
     fast_shape: Any = eqx.field(static=True)     # one head's fast weights as ShapeDtypeStructs
     nonparametric: bool = eqx.field(static=True)
 
     def __init__(self, dim: int, heads: int, learner: eqx.Module, *, init: str = "zero",
-                 task: Reconstruction = Reconstruction(), inner: Inner = Inner(), key: PRNGKeyArray):
+                 task: Reconstruction = Reconstruction(), inner: Inner = Inner(),
+                 outer: Callable[[eqx.Module], Any] | None = None, key: PRNGKeyArray):
+        """`outer`, optional, selects parts of the learner (as `eqx.tree_at`'s `where` does, e.g.
+        `outer=lambda f: (f.ln, f.gate)`) whose arrays are outer parameters: trained by the outer loop,
+        held fixed by the inner one, shared by the heads.  Every other float array is a fast weight."""
         if not isinstance(dim, int) or not isinstance(heads, int) or dim < 1 or heads < 1:
             raise SpecError(f"TTTLayer: dim and heads must be positive ints, got dim={dim!r}, heads={heads!r}")
         if dim % heads:
@@ -86,21 +118,26 @@ class TTTLayer(eqx.Module):
         dh = dim // heads
         self.nonparametric = isinstance(learner, NonParametric)
         if self.nonparametric:
-            self.learner, self.fast_shape, self.W0 = learner, None, None
+            self.learner, self.fast_shape, self.W0, self.learner_outer = learner, None, None, None
         else:
-            params, self.learner = eqx.partition(learner, eqx.is_inexact_array)
+            params, self.learner_outer, self.learner = split_learner(learner, outer)
             if not jax.tree_util.tree_leaves(params):
                 raise SpecError(f"TTTLayer.learner ({type(learner).__name__}) has no float array leaves, so "
                                 "there are no fast weights W to learn; give it array fields (e.g. "
                                 "W: Float[Array, 'dh dh']) or subclass tc.learners.NonParametric")
             try:
-                out = jax.eval_shape(lambda p: eqx.combine(p, self.learner)(jnp.zeros(dh)), params)
+                out = jax.eval_shape(lambda p: eqx.combine(p, self.inner_model())(jnp.zeros(dh)), params)
             except Exception as e:  # noqa: BLE001 - re-raised with the fix
                 raise SpecError(f"TTTLayer.learner ({type(learner).__name__}) must map one head's token of "
                                 f"shape ({dh},) (d_h = dim/heads) to ({dh},); calling it failed: {e}") from e
             if getattr(out, "shape", None) != (dh,):
                 raise SpecError(f"TTTLayer.learner ({type(learner).__name__}) must map ({dh},) to ({dh},) "
                                 f"(d_h = dim/heads = {dh}), but it returns {getattr(out, 'shape', out)}")
+            if init == "zero" and _nonzero(params):
+                raise SpecError(f"TTTLayer: init='zero' starts every head from W0 = 0, but the learner "
+                                f"({type(learner).__name__}) holds non-zero fast weights ({_nonzero(params)}), "
+                                "which would be ignored; use init='learned' to start from (and train) them, "
+                                "or build the learner with zero arrays")
             self.fast_shape = jax.eval_shape(lambda: params)
             self.W0 = (jax.tree.map(lambda a: jnp.broadcast_to(a, (heads, *a.shape)), params)
                        if init == "learned" else None)
@@ -130,8 +167,13 @@ class TTTLayer(eqx.Module):
             W0, G, ln, k, _, xc = self._in_inner_dtype(W0, G, ln, k, k, x)
             Ws = self._weights_sequence(W0, G, ln, k, xc)
             compute = self._compute()
-            return jax.vmap(lambda W: reconstruction_loss(as_compute(W, compute), self.learner, G, ln, k, xc))(Ws)
+            static = as_compute(self.inner_model(), compute)
+            return jax.vmap(lambda W: reconstruction_loss(as_compute(W, compute), static, G, ln, k, xc))(Ws)
         return jax.vmap(per_head, in_axes=(0, 0, None, 1))(self._W0(), self.g.weight, self.g.ln, k)
+
+    def inner_model(self):
+        """The learner without its fast weights: `eqx.combine(W, layer.inner_model())` is f(.; W)."""
+        return eqx.combine(self.learner_outer, self.learner) if self.learner_outer is not None else self.learner
 
     # ----------------------------------------------------------------- inner loop, one head
     def _W0(self):
@@ -164,7 +206,8 @@ class TTTLayer(eqx.Module):
         W0, G, ln, k, q, x = self._in_inner_dtype(W0, G, ln, k, q, x)
         n = x.shape[0]
         steps, b = self.inner.blocks(n)
-        opt, static, compute = self.inner.optimizer, self.learner, self._compute()
+        compute = self._compute()
+        opt, static = self.inner.optimizer, as_compute(self.inner_model(), compute)
         carry = (W0, opt.init(W0))
         nw = len(jax.tree_util.tree_leaves(W0))
         if self.inner.batching == "online":
@@ -184,7 +227,7 @@ class TTTLayer(eqx.Module):
         """W_0..W_T of one head (reference path only, inputs already in the inner dtype), stacked on a
         leading axis."""
         steps, b = self.inner.blocks(x.shape[0])
-        opt, static = self.inner.optimizer, self.learner
+        opt, static = self.inner.optimizer, as_compute(self.inner_model(), self._compute())
         if self.inner.batching == "sgd":
             consts, xs = (G, ln), (k.reshape(steps, b, -1), x.reshape(steps, b, -1))
         else:
