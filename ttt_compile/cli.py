@@ -1,7 +1,8 @@
 """`ttt-compile`: inspect a layer's compilation, run the benchmarks, train a config, make a results table.
 
     ttt-compile inspect LAYER [--dim --heads --seq --steps --batching --chunk --passes] [--json]
-    ttt-compile bench [--quick] [--out DIR]            (bench --device: the accelerator benchmark, if installed)
+    ttt-compile bench [--quick] [--out DIR]
+    ttt-compile bench --device [--tiny] [--out DIR] [--budget S]
     ttt-compile train CONFIG [--data digits|imagenet:DIR|text|mqar] [--workdir DIR] [--steps N] [--resume]
                              [--coordinator HOST:PORT --num-processes N --process-id I]
     ttt-compile table digits|lm|mqar [--out DIR] ...

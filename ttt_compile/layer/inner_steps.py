@@ -7,6 +7,10 @@ c is the task's normalisation (1, or 1/d_h for the released code's) and eta_i a 
 (per head or per token; 1 when the step size is fixed).  The data of a step is a dict with the keys
 k (phi of the tokens), x (the tokens) and, with a learned step size, w (the eta_i: one per token, or
 one scalar); a step gets it as the union of the loop's constants and the step's slice of xs.
+
+`compute` (a dtype or None) is the dtype the learner sees W in: W is cast to it where it is used,
+so the fast weights, their gradients and updates keep their own dtype while the matmuls run in
+`compute` (Inner.dtype="mixed").
 """
 from __future__ import annotations
 
@@ -43,18 +47,26 @@ def step_data(consts, xt) -> tuple:
     return dec, {**shared, **(xt or {})}
 
 
-def batch_step(opt: optax.GradientTransformation, static, scale: float = 1.0):
+def as_compute(W, compute):
+    """W with every float array cast to `compute` (W itself when compute is None)."""
+    if compute is None:
+        return W
+    return jax.tree.map(lambda w: w.astype(compute) if eqx.is_inexact_array(w) else w, W)
+
+
+def batch_step(opt: optax.GradientTransformation, static, scale: float = 1.0, compute=None):
     """One full-batch or mini-batch step: W <- W + u, (u, s) = opt.update(grad l(W; X_t), s, W)."""
     def step(consts, carry, xt):
         (G, c, ln), d = step_data(consts, xt)
         W, s = carry
-        grads = jax.grad(reconstruction_loss)(W, static, G, ln, d["k"], d["x"], c, scale=scale, w=d.get("w"))
+        grads = jax.grad(lambda W: reconstruction_loss(as_compute(W, compute), static, G, ln, d["k"], d["x"], c,
+                                                       scale=scale, w=d.get("w")))(W)
         updates, s = opt.update(grads, s, W)
         return (optax.apply_updates(W, updates), s), None
     return step
 
 
-def online_step(opt: optax.GradientTransformation, static, scale: float = 1.0):
+def online_step(opt: optax.GradientTransformation, static, scale: float = 1.0, compute=None):
     """One causal chunk of b tokens starting from weights W:
     g_i = grad scale * w_i/2 ||g(f(k_i; W)) - x_i||^2,  W_i = W + update(sum_{j<=i} g_j),  y_i = f(q_i; W_i);
     the chunk hands W_b (and its optimizer state) to the next chunk."""
@@ -65,14 +77,14 @@ def online_step(opt: optax.GradientTransformation, static, scale: float = 1.0):
         w = jnp.broadcast_to(d["w"], k.shape[:1]) if "w" in d else None
 
         def one(W, ki, xi, wi):
-            loss = token_loss(decode(G, ln, eqx.combine(W, static)(ki), c), xi)
+            loss = token_loss(decode(G, ln, eqx.combine(as_compute(W, compute), static)(ki), c), xi)
             loss = loss if wi is None else wi * loss
             return loss if scale == 1.0 else scale * loss
         grads = jax.vmap(jax.grad(one), in_axes=(None, 0, 0, None if w is None else 0))(W, k, x, w)
         cumulative = jax.tree.map(lambda g: jnp.cumsum(g, axis=0), grads)
         updates, states = jax.vmap(opt.update, in_axes=(0, None, None))(cumulative, s, W)
         Ws = jax.tree.map(lambda w, u: w + u, W, updates)
-        y = jax.vmap(lambda Wi, qi: eqx.combine(Wi, static)(qi))(Ws, q)
+        y = jax.vmap(lambda Wi, qi: eqx.combine(as_compute(Wi, compute), static)(qi))(Ws, q)
         last = jax.tree.map(lambda a: a[-1], (Ws, states))
         return last, y
     return step

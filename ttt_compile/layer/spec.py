@@ -14,6 +14,11 @@ Batching = Literal["full", "sgd", "online"]
 Init = Literal["zero", "learned"]
 Normalisation = Literal["paper", "released"]
 StepSizeKind = Literal["fixed", "per_head", "per_token"]
+InnerDtype = Literal["float32", "bfloat16", "mixed"]
+#: Inner.dtype -> (dtype of the fast weights W, their gradients and updates; dtype of the inner
+#: loop's matmul operands: W as the learner sees it, keys, queries, tokens, the decoder g).
+INNER_DTYPES = {"float32": ("float32", "float32"), "bfloat16": ("bfloat16", "bfloat16"),
+                "mixed": ("float32", "bfloat16")}
 
 
 class SpecError(ValueError):
@@ -85,6 +90,11 @@ class Inner:
                b_k per head;  "per_token": eta_k(x_i) = eta_base * sigmoid(theta_k . x_i + b_k)
                (TTT-Linear/MLP's form, Sun et al. 2024).  theta_k and b_k start at 0 (eta = eta_base/2).
     eta_base   the largest step size the sigmoid gate allows.
+    dtype      precision of the inner loop, whatever the layer's input dtype (its output keeps the
+               input's dtype): None follows the arrays given (default); "float32"; "bfloat16": fast
+               weights, their gradients, optimizer state and updates, and every matmul in bf16;
+               "mixed": fast weights, gradients, optimizer state and updates in f32, the learner's
+               and decoder's matmuls on bf16 copies (W cast to bf16 where it is used).
     """
 
     steps: int = 1
@@ -93,6 +103,7 @@ class Inner:
     chunk: int = 1
     eta: StepSizeKind = "fixed"
     eta_base: float = 1.0
+    dtype: InnerDtype | None = None
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
@@ -109,9 +120,15 @@ class Inner:
         if (not isinstance(self.eta_base, (int, float)) or isinstance(self.eta_base, bool)
                 or not self.eta_base > 0):
             raise SpecError(f"Inner.eta_base must be a positive float, got {self.eta_base!r}")
+        if self.dtype is not None and self.dtype not in INNER_DTYPES:
+            raise SpecError(f"Inner.dtype must be None, {', '.join(map(repr, INNER_DTYPES))}, got {self.dtype!r}")
 
     def __hash__(self):  # optax transformations hold functions: hash by identity of the optimizer
-        return hash((self.steps, self.batching, self.chunk, id(self.optimizer), self.eta, self.eta_base))
+        return hash((self.steps, self.batching, self.chunk, id(self.optimizer), self.eta, self.eta_base, self.dtype))
+
+    def dtypes(self) -> tuple[str, str] | None:
+        """(fast-weight dtype, matmul dtype) of `dtype`, or None when the loop follows its inputs."""
+        return None if self.dtype is None else INNER_DTYPES[self.dtype]
 
     def blocks(self, n: int) -> tuple[int, int]:
         """(number of loop steps, tokens per step) for a sequence of n tokens; checks divisibility."""

@@ -27,7 +27,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ttt_compile.ir.primitive import ttt_loop
 
-from .inner_steps import batch_step, online_step, reconstruction_loss, token_loss
+from .inner_steps import as_compute, batch_step, online_step, reconstruction_loss, token_loss
 from .learners import NonParametric
 from .outer_maps import Decoder, Output, Project, StepSize, decode
 from .spec import Inner, Reconstruction, SpecError
@@ -142,6 +142,9 @@ class TTTLayer(eqx.Module):
             self.fast_shape = jax.eval_shape(lambda: params)
             self.W0 = (jax.tree.map(lambda a: jnp.broadcast_to(a, (heads, *a.shape)), params)
                        if init == "learned" else None)
+        if self.nonparametric and inner.dtype is not None:
+            raise SpecError(f"Inner.dtype={inner.dtype!r} sets the precision of fast weights, but "
+                            f"{type(learner).__name__} is non-parametric (it has none): leave Inner.dtype=None")
         if self.nonparametric and inner.eta != "fixed":
             raise SpecError(f"Inner.eta={inner.eta!r} needs a parametric learner (a non-parametric one takes no "
                             "gradient steps); use Inner(eta='fixed') with "
@@ -164,7 +167,7 @@ class TTTLayer(eqx.Module):
         w = None if self.eta is None else self.eta(x)                        # (H,) or (H, n)
         o = jax.vmap(head, in_axes=(0, dec_axes, None if w is None else 0, 1, 1, None), out_axes=1)(
             self._W0(), dec, w, k, q, x)                                      # (n, H, d_h)
-        return self.h.tokens(o)
+        return self.h.tokens(o.astype(x.dtype))
 
     def inner_losses(self, x: Float[Array, "n d"]) -> Float[Array, "heads steps_plus_1"]:
         """l_k(W_t; X) for t = 0..T (before the first step and after each), per head: Figure 1 right."""
@@ -177,9 +180,13 @@ class TTTLayer(eqx.Module):
         scale = self.loss_scale
 
         def per_head(W0, dec, w, k):
+            W0, dec, w, k, _, xc = self._in_inner_dtype(W0, dec, w, k, k, x)
             G, c, ln = dec
-            Ws = self._weights_sequence(W0, dec, w, k, x)
-            return jax.vmap(lambda W: reconstruction_loss(W, self.inner_model(), G, ln, k, x, c, scale=scale))(Ws)
+            Ws = self._weights_sequence(W0, dec, w, k, xc)
+            compute = self._compute()
+            static = as_compute(self.inner_model(), compute)
+            return jax.vmap(lambda W: reconstruction_loss(as_compute(W, compute), static, G, ln, k, xc, c,
+                                                          scale=scale))(Ws)
         return jax.vmap(per_head, in_axes=(0, dec_axes, None if w is None else 0, 1))(self._W0(), dec, w, k)
 
     @property
@@ -224,28 +231,45 @@ class TTTLayer(eqx.Module):
         shared = {name: a for name, a in data.items() if not a.ndim}       # a per-head eta is not
         return (dec, shared), {name: a.reshape(steps, b, *a.shape[1:]) for name, a in split.items()}
 
+    def _compute(self):
+        """The dtype the learner sees W in (Inner.dtype), or None to follow the arrays."""
+        dtypes = self.inner.dtypes()
+        return None if dtypes is None else jnp.dtype(dtypes[1])
+
+    def _in_inner_dtype(self, W0, dec, w, k, q, x):
+        """W0 in the fast-weight dtype, the rest in the matmul dtype of Inner.dtype (unchanged if None)."""
+        dtypes = self.inner.dtypes()
+        if dtypes is None:
+            return W0, dec, w, k, q, x
+        weights, compute = map(jnp.dtype, dtypes)
+        return (as_compute(W0, weights), *as_compute((dec, w, k, q, x), compute))
+
     def _parametric_head(self, W0, dec, w, k, q, x):
+        W0, dec, w, k, q, x = self._in_inner_dtype(W0, dec, w, k, q, x)
         n = x.shape[0]
         steps, _ = self.inner.blocks(n)
-        opt, static, scale = self.inner.optimizer, self.inner_model(), self.loss_scale
+        compute = self._compute()
+        opt, static, scale = self.inner.optimizer, as_compute(self.inner_model(), compute), self.loss_scale
         carry = (W0, opt.init(W0))
         nw = len(jax.tree_util.tree_leaves(W0))
         if self.inner.batching == "online":
             consts, xs = self._loop_inputs(dec, w, k, x, q)
-            _, ys = ttt_loop(online_step(opt, static, scale), consts, carry, xs, steps=steps,
+            _, ys = ttt_loop(online_step(opt, static, scale, compute), consts, carry, xs, steps=steps,
                              schedule="online", init=self.init, num_weights=nw)
             return ys.reshape(n, -1)
         consts, xs = self._loop_inputs(dec, w, k, x)
-        (WT, _), _ = ttt_loop(batch_step(opt, static, scale), consts, carry, xs, steps=steps,
+        (WT, _), _ = ttt_loop(batch_step(opt, static, scale, compute), consts, carry, xs, steps=steps,
                               schedule=self.inner.batching, init=self.init, num_weights=nw)
-        return jax.vmap(lambda qj: eqx.combine(WT, static)(qj))(q)
+        return jax.vmap(lambda qj: eqx.combine(as_compute(WT, compute), static)(qj))(q)
 
     def _weights_sequence(self, W0, dec, w, k, x):
-        """W_0..W_T of one head (reference path only), stacked on a leading axis."""
+        """W_0..W_T of one head (reference path only, inputs already in the inner dtype), stacked on a
+        leading axis."""
         steps, _ = self.inner.blocks(x.shape[0])
-        opt, static = self.inner.optimizer, self.inner_model()
+        compute = self._compute()
+        opt, static = self.inner.optimizer, as_compute(self.inner_model(), compute)
         consts, xs = self._loop_inputs(dec, w, k, x)
-        step = batch_step(opt, static, self.loss_scale)
+        step = batch_step(opt, static, self.loss_scale, compute)
 
         def keep(carry, xt):
             new, _ = step(consts, carry, xt)

@@ -1,0 +1,172 @@
+"""Memory of the raw-pixel ViT (Table 3 of Sun et al. 2023) at n = 224 * 224 = 50,176 tokens, per image,
+from XLA's compiled memory analysis (the program is lowered and compiled, never run).
+
+What is compiled: one layer's training step, ViT-Ti's attention layer (d = 192, H = 3, d_h = 64) on
+one image's tokens x (n, d) in float32: ``value_and_grad`` of ``sum(sin(layer(x)))`` with respect
+to the layer's outer parameters (as the benchmark suite and issue 11 define the training step).
+Reported: ``temp_size_in_bytes`` (what XLA plans for the forward and backward pass: activations,
+stored inner-loop state, scores) and arguments + outputs. With ``--model`` also the whole ViT-Ti
+training step (12 blocks, batch 1) as ``ttt-compile bench --device`` runs it, compiled, not run.
+
+Pipelines: ``tc.compile(layer, x, passes=...)`` with the default pipeline without ``remat``, and
+with ``remat`` forced to the per-step scheme (``("remat", {"scheme": "step"})``; the default
+choice leaves T = 1 loops and SGD loops alone). Layers: linear attention (the O(n) reference),
+MTTT-Linear, MTTT-MLP T=1, MTTT-MLP SGD T=4 and self-attention.
+
+    python -m ttt_compile.benchmarks.pixels [--n 50176] [--out benchmarks/results/pixels]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import time
+from pathlib import Path
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+import ttt_compile as tc
+from ttt_compile.compiler import DEFAULT
+from ttt_compile.models import layers
+
+DIM, HEADS, DEPTH = 192, 3, 12            # ViT-Ti
+N = 224 * 224
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "pixels"
+LAYERS = {
+    "linear attention": ("linear_attention", {}),
+    "MTTT-Linear": ("mttt_linear", {}),
+    "MTTT-MLP T=1": ("mttt_mlp", {"steps": 1}),
+    "MTTT-MLP SGD T=4": ("mttt_mlp", {"steps": 4, "batching": "sgd"}),
+    "self-attention": ("self_attention", {}),
+}
+WITHOUT_REMAT = tuple(p for p in DEFAULT if p != "remat")
+PIPELINES = {"default without remat": list(WITHOUT_REMAT),
+             "default, remat per step": [("remat", {"scheme": "step"}), *WITHOUT_REMAT]}
+
+
+def step_memory(layer, n: int, passes) -> dict:
+    """Compiled memory of value_and_grad(sum(sin(layer(x)))) for x (n, DIM) float32 (not run)."""
+    x = jax.ShapeDtypeStruct((n, DIM), jnp.float32)
+    t0 = time.perf_counter()
+    notes: list[str] = []
+    if isinstance(layer, tc.TTTLayer):
+        layer = tc.compile(layer, jnp.zeros((n, DIM), jnp.float32), passes=passes)
+        notes = [f"{name}: {note}" for name, ns in layer.notes for note in ns]
+    params, static = eqx.partition(layer, eqx.is_inexact_array)
+
+    def loss(p, x):
+        return jnp.sum(jnp.sin(eqx.combine(p, static)(x)))
+    compiled = jax.jit(jax.value_and_grad(loss)).lower(params, x).compile()
+    ma = compiled.memory_analysis()
+    return {"temp_bytes": int(ma.temp_size_in_bytes),
+            "argument_output_bytes": int(ma.argument_size_in_bytes + ma.output_size_in_bytes),
+            "compile_s": time.perf_counter() - t0, "notes": notes}
+
+
+def model_memory(name: str) -> dict:
+    """Compiled memory of the whole ViT-Ti training step at 224 x 224 raw pixels, batch 1, as
+    `ttt-compile bench --device` runs it (bf16 compute, f32 master weights, AdamW; TTT layers
+    compiled with the default pipeline): lowered and compiled, not run."""
+    from .device import SIZES, VIT_LAYERS, build_vit, vit_step
+    size = SIZES["full"]["pixels"]
+    preset, options = VIT_LAYERS[name]
+    t0 = time.perf_counter()
+    model, _ = build_vit(size, preset, options, jnp.bfloat16)
+    step, params, opt_state = vit_step(model, jnp.bfloat16)
+    images = jax.ShapeDtypeStruct((size["batch"], size["image"], size["image"], 3), jnp.float32)
+    labels = jax.ShapeDtypeStruct((size["batch"],), jnp.int32)
+    ma = step.lower(params, opt_state, images, labels).compile().memory_analysis()
+    return {"layer": name, "tokens": model.num_tokens, "batch": size["batch"], "temp_bytes": int(ma.temp_size_in_bytes),
+            "argument_output_bytes": int(ma.argument_size_in_bytes + ma.output_size_in_bytes),
+            "compile_s": time.perf_counter() - t0}
+
+
+MODEL_LAYERS = ("linear attention", "MTTT-Linear", "MTTT-MLP T=1", "MTTT-MLP SGD T=4", "self-attention")
+
+
+def table(n: int, log=print) -> list[dict]:
+    rows = []
+    for name, (preset, options) in LAYERS.items():
+        layer = layers.get(preset)(dim=DIM, heads=HEADS, key=jax.random.PRNGKey(0), **options)
+        pipelines = PIPELINES if isinstance(layer, tc.TTTLayer) else {"(no inner loop)": None}
+        for pipeline, passes in pipelines.items():
+            r = step_memory(layer, n, passes)
+            rows.append({"layer": name, "pipeline": pipeline, "n": n, **r})
+            log(f"  {name:<18} {pipeline:<24} temp {r['temp_bytes'] / 2**30:9.3f} GiB  compile {r['compile_s']:.0f}s")
+    return rows
+
+
+def markdown(result: dict) -> str:
+    n = result["n"]
+    rows = result["rows"]
+    ref = next(r["temp_bytes"] for r in rows if r["layer"] == "linear attention")
+    lines = [f"# Raw-pixel ViT-Ti memory per image at n = {n:,} ({result['date']})", "",
+             f"Command: `{result['command']}`" + (f" (layer rows: `{result['layers_command']}`, {result['layers_date']})"
+                                                 if "layers_command" in result else "")
+             + f". Machine: {result['machine']}; jax {result['jax']}. Compile only "
+             "(XLA CPU `memory_analysis()`), nothing run.", "",
+             f"One layer's training step per image: `value_and_grad(sum(sin(layer(x))))` w.r.t. the layer's "
+             f"outer parameters, x of shape ({n}, {DIM}) float32, ViT-Ti layer d = {DIM}, H = {HEADS}.", "",
+             "| layer | pipeline | temp memory per image | x linear attention | args + outputs | compile s |",
+             "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['layer']} | {r['pipeline']} | {r['temp_bytes'] / 2**30:.3f} GiB | "
+                     f"{r['temp_bytes'] / ref:.1f} | {r['argument_output_bytes'] / 2**20:.1f} MiB | {r['compile_s']:.0f} |")
+    if result.get("model"):
+        lines += ["", f"Whole ViT-Ti training step at 224 x 224 raw pixels (n = 50,176), batch 1, as "
+                  "`ttt-compile bench --device` runs it: bf16 compute, f32 master weights, AdamW, TTT layers "
+                  f"compiled with the default pipeline (remat included), {DEPTH} blocks, no block rematerialisation:",
+                  "",
+                  "| layer | temp memory per image | arguments + outputs | compile s |", "| --- | ---: | ---: | ---: |"]
+        for r in result["model"]:
+            if "error" in r:
+                lines.append(f"| {r['layer']} | failed: {r['error']} | - | - |")
+            else:
+                lines.append(f"| {r['layer']} | {r['temp_bytes'] / 2**30:.2f} GiB | "
+                             f"{r['argument_output_bytes'] / 2**20:.0f} MiB | {r['compile_s']:.0f} |")
+    lines += ["", "Pass notes (remat):"]
+    for r in rows:
+        for note in r["notes"]:
+            if note.startswith("remat"):
+                lines.append(f"- {r['layer']}, {r['pipeline']}: {note}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--n", type=int, default=N, help="tokens per image (default 224*224)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--model", action="store_true", help="also compile the whole ViT-Ti step (n = 50176)")
+    parser.add_argument("--reuse-layers", action="store_true", help="keep the layer rows of OUT/pixels.json")
+    args = parser.parse_args(argv)
+    command = "python -m ttt_compile.benchmarks.pixels" + (f" --n {args.n}" if args.n != N else "") + (
+        " --model" if args.model else "") + (" --reuse-layers" if args.reuse_layers else "")
+    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "command": command, "machine": f"{platform.machine()} CPU", "jax": jax.__version__,
+              "dim": DIM, "heads": HEADS, "n": args.n, "default_pipeline": list(DEFAULT)}
+    if args.reuse_layers:
+        old = json.loads((args.out / "pixels.json").read_text())
+        result.update(rows=old["rows"], layers_command=old["command"], layers_date=old["date"])
+    else:
+        result["rows"] = table(args.n)
+    if args.model:
+        result["model"] = []
+        for name in MODEL_LAYERS:
+            try:
+                result["model"].append(model_memory(name))
+            except Exception as e:  # noqa: BLE001 - recorded, the table goes on
+                result["model"].append({"layer": name, "error": f"{type(e).__name__}: {str(e)[:200]}"})
+            print(f"  model {name}: {result['model'][-1]}", flush=True)
+        result["model_date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "pixels.json").write_text(json.dumps(result, indent=1) + "\n")
+    (args.out / "pixels.md").write_text(markdown(result))
+    print(f"wrote {args.out / 'pixels.json'} and pixels.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
