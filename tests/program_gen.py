@@ -378,12 +378,15 @@ def call_layer(layer, x, wrapper: str | None):
 
 
 def int_side_features(x):
-    """Integer side computation: ((3 i + j) mod 5) // 2 over token i, feature j, and a parity sign."""
+    """Integer side computations: ((3 i + j) mod 5) // 2 over token i, feature j; a parity sign; and an
+    integer lax.while_loop (sum of t mod 3 for t < n) scaling the input."""
     n, d = x.shape
     i, j = jnp.arange(n)[:, None], jnp.arange(d)[None, :]
     feat = ((3 * i + j) % 5 // 2).astype(x.dtype)
     sign = jnp.where(jnp.arange(n) % 2 == 0, 1, -1).astype(x.dtype)[:, None]
-    return x * sign + 0.1 * feat
+    _, k = jax.lax.while_loop(lambda c: c[0] < n, lambda c: (c[0] + 1, c[1] + c[0] % 3),
+                              (jnp.int32(0), jnp.int32(0)))
+    return x * sign * (1 + 0.01 * k.astype(x.dtype)) + 0.1 * feat
 
 
 def layer_norm(x, eps=1e-5):
@@ -491,9 +494,29 @@ def build(program: Program):
     return model, jax.random.normal(k_x, (n, d), dtype), jax.random.normal(k_x2, (n, d), dtype)
 
 
+# =========================================================================== program size
+def op_count(ops) -> int:
+    return sum(1 + (op_count(o[1]) if o[0] == "residual" else 0) for o in ops)
+
+
+def loop_steps(spec: LayerSpec, n: int) -> int:
+    return n // spec.chunk if spec.batching == "online" else spec.steps
+
+
+def size(program: Program) -> int:
+    """A cost proxy: inner steps times learner ops, summed over the layers (an evaluation of the program
+    takes time roughly in proportion)."""
+    return sum(loop_steps(s, program.n) * (op_count(s.ops) + 3 + 2 * s.decoder_ln) for s in program.layers)
+
+
 # =========================================================================== program strategy
+def programs(kinds=KINDS, wrappers=WRAPPERS, max_size: int = 10**9):
+    """Generated programs of at most `max_size` (see `size`)."""
+    return _programs(kinds, wrappers).filter(lambda p: size(p) <= max_size)
+
+
 @st.composite
-def programs(draw, kinds=KINDS, wrappers=WRAPPERS) -> Program:
+def _programs(draw, kinds, wrappers) -> Program:
     kind = draw(st.sampled_from(kinds))
     n = draw(st.sampled_from(NS))
     heads, dh = draw(st.sampled_from(DIMS))
