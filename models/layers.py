@@ -6,11 +6,18 @@ Every layer here shares the outer maps of `tc.TTTLayer`, named as in the paper: 
 the value map) and h (output).  So an attention baseline and a TTT layer built from the same key
 have the same weights, and the paper's equivalences can be checked directly:
 
-    mttt_linear (W0 = 0, T = 1, eta = 1)  ==  linear_attention(feature_map="identity")
-    mttt_kernel (Nadaraya-Watson learner) ==  self_attention
+    mttt_linear (W0 = 0, T = 1, eta = 1 in eq. 1's units, no biases)  ==  linear_attention(feature_map="identity")
+    mttt_kernel (Nadaraya-Watson learner)                           ==  self_attention
+
+The TTT presets use the released code's parametrisation by default (`parametrisation="released"`,
+`tc.Reconstruction.released`): the inner loss is eq. 1 / d_h, phi and psi have per-head biases and g a
+shared bias, so `lr` is the released `inner_lr` and lr = 1 is eta = 1/d_h in eq. 1's units (MTTT-Linear
+equals linear attention with `bias=False, lr=d_h`).  `parametrisation="paper"` is eq. 1 as written, no
+biases (eta = lr).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import equinox as eqx
@@ -117,20 +124,32 @@ def linear_attention(*, dim: int, heads: int, key: PRNGKeyArray, feature_map: st
 
 
 _TTT_OPTIONS = {"steps": 1, "batching": "full", "chunk": 1, "lr": 1.0, "decoder_ln": False, "init": "zero",
-                "optimizer": None}
+                "optimizer": None, "parametrisation": "released", "bias": None, "eta": "fixed", "eta_base": 1.0}
+
+
+def task_for(parametrisation: str, decoder_ln: bool, bias: bool | None) -> Reconstruction:
+    """The preset's task: the released code's parametrisation or eq. 1 as written (`bias` overrides
+    whether phi/psi/g have biases; None keeps the parametrisation's choice)."""
+    if parametrisation not in ("released", "paper"):
+        raise SpecError(f"parametrisation must be 'released' (the released code's: loss / d_h, biases) or "
+                        f"'paper' (eq. 1, no biases), got {parametrisation!r}")
+    task = Reconstruction.released(decoder_ln) if parametrisation == "released" else Reconstruction(decoder_ln)
+    return task if bias is None else dataclasses.replace(task, bias=bias)
 
 
 def _ttt(name, learner, dim, heads, key, options, **defaults) -> TTTLayer:
     _check_dims(dim, heads)
     o = _options(name, options, {**_TTT_OPTIONS, **defaults})
     opt = o["optimizer"] if o["optimizer"] is not None else optax.sgd(o["lr"])
-    return TTTLayer(dim, heads, learner, init=o["init"], task=Reconstruction(decoder_ln=o["decoder_ln"]),
-                    inner=Inner(steps=o["steps"], batching=o["batching"], chunk=o["chunk"], optimizer=opt),
+    return TTTLayer(dim, heads, learner, init=o["init"], task=task_for(o["parametrisation"], o["decoder_ln"], o["bias"]),
+                    inner=Inner(steps=o["steps"], batching=o["batching"], chunk=o["chunk"], optimizer=opt,
+                                eta=o["eta"], eta_base=o["eta_base"]),
                     key=key)
 
 
 def mttt_linear(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:
-    """MTTT-Linear: f(z; W) = W z, W0 = 0 (options: steps, batching, chunk, lr, decoder_ln, init, optimizer)."""
+    """MTTT-Linear: f(z; W) = W z, W0 = 0 (options: steps, batching, chunk, lr, decoder_ln, init, optimizer,
+    parametrisation, bias, eta, eta_base)."""
     _check_dims(dim, heads)
     return _ttt("mttt_linear", Linear(dim // heads), dim, heads, key, options)
 
@@ -146,7 +165,8 @@ def mttt_mlp(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:
 
 
 def mttt_kernel(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:
-    """MTTT with a Nadaraya-Watson learner: softmax attention as a test-time learner."""
+    """MTTT with a Nadaraya-Watson learner: softmax attention as a test-time learner (eq. 1's
+    parametrisation: the released code has no such layer, and loss / d_h would scale the values)."""
     _check_dims(dim, heads)
     o = _options("mttt_kernel", options, {"decoder_ln": False})
     return TTTLayer(dim, heads, NadarayaWatson(), task=Reconstruction(decoder_ln=o["decoder_ln"]), key=key)

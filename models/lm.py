@@ -91,15 +91,25 @@ def ttt_step(layer: TTTLayer, state: TTTState, x: Float[Array, " d"]) -> tuple[F
     """One token of the online inner loop (see the module doc), all heads at once."""
     opt, static, b = layer.inner.optimizer, layer.inner_model(), layer.inner.chunk
     k, q = layer.phi(x), layer.psi(x)                                       # (heads, d_h)
+    dec, dec_axes = layer.decoders()
+    scale = layer.loss_scale
+    w = None if layer.eta is None else layer.eta(x[None]).reshape(layer.heads)   # eta_k(x) per head
 
-    def head(Wc, s, A, G, k, q):
-        g = jax.grad(lambda W: token_loss(decode(G, layer.g.ln, eqx.combine(W, static)(k)), x))(Wc)
+    def head(Wc, s, A, dec, w, k, q):
+        G, c, ln = dec
+
+        def loss(W):
+            l = token_loss(decode(G, ln, eqx.combine(W, static)(k), c), x)
+            l = l if w is None else w * l
+            return l if scale == 1.0 else scale * l
+        g = jax.grad(loss)(Wc)
         A = jax.tree.map(jnp.add, A, g)
         u, s_new = opt.update(A, s, Wc)
         Wt = jax.tree.map(lambda w, du: w + du, Wc, u)
         return eqx.combine(Wt, static)(q), Wt, s_new, A
 
-    y, Wt, s_new, A = jax.vmap(head)(state.W, state.opt, state.A, layer.g.weight, k, q)
+    y, Wt, s_new, A = jax.vmap(head, in_axes=(0, 0, 0, dec_axes, None if w is None else 0, 0, 0))(
+        state.W, state.opt, state.A, dec, w, k, q)
     last = state.p == b - 1
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(last, n, o), new, old)  # noqa: E731
     new = TTTState(keep(Wt, state.W), keep(s_new, state.opt),

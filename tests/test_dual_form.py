@@ -140,10 +140,11 @@ def test_when_it_does_not_apply_the_program_is_unchanged_and_the_note_says_why(w
 
 
 def test_one_chunk_of_n_tokens_is_unnormalised_causal_linear_attention():
-    """W0 = 0, eta = 1, b = n: W_i = sum_{j<=i} G^T x_j k_j^T, so out_i = i * (causal linear attention)_i
-    (its 1/i normaliser; h has zero bias at initialisation), in the primal and the dual form."""
+    """W0 = 0, eta = 1 (eq. 1's units: lr = d_h in the presets' released units), no biases, b = n:
+    W_i = sum_{j<=i} G^T x_j k_j^T, so out_i = i * (causal linear attention)_i (its 1/i normaliser; h has
+    zero bias at initialisation), in the primal and the dual form."""
     n = X.shape[1]
-    ttt = layers.mttt_linear(dim=DIM, heads=HEADS, key=KEY, batching="online", chunk=n, lr=1.0)
+    ttt = layers.mttt_linear(dim=DIM, heads=HEADS, key=KEY, batching="online", chunk=n, bias=False, lr=float(DH))
     la = layers.linear_attention(dim=DIM, heads=HEADS, key=KEY, causal=True)
     want = jnp.arange(1, n + 1, dtype=jnp.float32)[:, None] * la(X[0])
     np.testing.assert_allclose(ttt(X[0]), want, rtol=1e-4, atol=1e-4)

@@ -39,19 +39,21 @@ def hand_written(layer, x, chunk: int):
     """The online rule written out per head and token: token t of chunk c starting at weights W_c
     reads W_c - eta sum_{j in c, j <= t} grad l(W_c; x_j); the next chunk starts from the last of
     these.  With chunk=1 this is W_t = W_{t-1} - eta grad l(W_{t-1}; x_t), out_t = f(q_t; W_t)."""
-    static, ln = layer.learner, layer.g.ln
-    k, q = layer.phi.tokens(x), layer.psi.tokens(x)
-    grad = jax.jit(jax.grad(lambda W, G, k, x: token_loss(decode(G, ln, eqx.combine(W, static)(k)), x)))
+    static, c, scale = layer.learner, layer.g.bias, layer.loss_scale     # the presets' released parametrisation:
+    k, q = layer.phi.tokens(x), layer.psi.tokens(x)                    # loss / d_h, biases, per-head LN
+    grad = jax.jit(jax.grad(lambda W, G, ln, k, x: scale * token_loss(decode(G, ln, eqx.combine(W, static)(k), c),
+                                                                      x)))
     read = jax.jit(lambda W, q: eqx.combine(W, static)(q))
     heads = []
     for h in range(HEADS):
         W = (jax.tree.map(lambda a: a[h], layer.W0) if layer.init == "learned"
              else jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), layer.fast_shape))
+        ln = jax.tree.map(lambda a: a[h], layer.g.ln) if layer.g.ln_per_head else layer.g.ln
         G, outs = layer.g.weight[h], []
         for c in range(0, x.shape[0], chunk):
             Wc, acc = W, None
             for t in range(c, c + chunk):
-                g = grad(Wc, G, k[t, h], x[t])
+                g = grad(Wc, G, ln, k[t, h], x[t])
                 acc = g if acc is None else jax.tree.map(jnp.add, acc, g)
                 W = jax.tree.map(lambda w, a: w - ETA * a, Wc, acc)
                 outs.append(read(W, q[t, h]))

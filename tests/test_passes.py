@@ -174,7 +174,9 @@ def specs(draw):
     steps = draw(st.sampled_from([s for s in (1, 2, 3, 4) if batching != "sgd" or n % s == 0]))
     chunk = draw(st.sampled_from([c for c in (1, 2, 4) if n % c == 0]))
     opts = dict(steps=steps, batching=batching, chunk=chunk, lr=draw(st.sampled_from([0.05, 1.0])),
-                init=draw(st.sampled_from(["zero", "learned"])), decoder_ln=draw(st.booleans()))
+                init=draw(st.sampled_from(["zero", "learned"])), decoder_ln=draw(st.booleans()),
+                parametrisation=draw(st.sampled_from(["released", "paper"])),
+                eta=draw(st.sampled_from(["fixed", "per_head", "per_token"])))
     if draw(st.booleans()):
         opts["optimizer"] = optax.sgd(0.05, momentum=0.9)
     preset = draw(st.sampled_from(["mttt_linear", "mttt_mlp"]))

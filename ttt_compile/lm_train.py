@@ -45,12 +45,16 @@ class LMConfig:
 
     mixer      linear_attention | linear_attention_elu1 | mttt_linear | mttt_mlp | softmax
     chunk      b of the online TTT loop (1: token by token, T = n) and the linear-attention chunk
-    inner_lr   eta of the TTT inner loop (optax.sgd(eta))
+    inner_lr   eta of the TTT inner loop (optax.sgd(eta)), in eq. 1's units: the LM mixers use the
+               paper's parametrisation (`parametrisation="paper"`), the one these rows were tuned in
+    eta        the TTT layers' step size: "fixed" (inner_lr), or learned "per_head" / "per_token"
+               (tc.Inner(eta=..., eta_base=2 * inner_lr), so that it starts at inner_lr)
     """
 
     mixer: str = "mttt_linear"
     chunk: int = 16
     inner_lr: float = 0.1
+    eta: str = "fixed"
     width: int = 64
     depth: int = 2
     heads: int = 4
@@ -70,6 +74,8 @@ class LMConfig:
     def __post_init__(self):
         if self.mixer not in MIXERS:
             raise tc.SpecError(f"LMConfig.mixer must be one of {MIXERS}, got {self.mixer!r}")
+        if self.eta not in ("fixed", "per_head", "per_token"):
+            raise tc.SpecError(f"LMConfig.eta must be 'fixed', 'per_head' or 'per_token', got {self.eta!r}")
         if self.seq_len % self.chunk:
             raise tc.SpecError(f"LMConfig.chunk={self.chunk} must divide seq_len={self.seq_len}")
 
@@ -106,13 +112,16 @@ MQAR_CONFIGS: dict[str, MQARConfig] = {
 def mixer_factory(config: LMConfig) -> Callable[..., eqx.Module]:
     """factory(dim=, heads=, key=) for the config's mixer (all causal)."""
     name, b, eta = config.mixer, config.chunk, config.inner_lr
+    ttt = dict(batching="online", chunk=b, parametrisation="paper", lr=eta)
+    if config.eta != "fixed":       # the learned gate starts at eta_base / 2 = inner_lr; optax.sgd(1) applies it
+        ttt.update(lr=1.0, eta=config.eta, eta_base=2 * eta)
     if name.startswith("linear_attention"):
         fm = "elu1" if name.endswith("elu1") else "identity"
         return lambda **kw: causal_linear_attention(chunk=b, feature_map=fm, **kw)
     if name == "mttt_linear":
-        return lambda **kw: layers.mttt_linear(batching="online", chunk=b, lr=eta, **kw)
+        return lambda **kw: layers.mttt_linear(**ttt, **kw)
     if name == "mttt_mlp":
-        return lambda **kw: layers.mttt_mlp(batching="online", chunk=b, lr=eta, **kw)
+        return lambda **kw: layers.mttt_mlp(**ttt, **kw)
     return lambda **kw: layers.self_attention(causal=True, **kw)
 
 

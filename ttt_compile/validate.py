@@ -29,8 +29,17 @@ class Validation:
 
 
 def relative_error(a, b) -> float:
+    """max|a - b| / max|b| over the finite entries; inf if a and b are non-finite (nan, +-inf) at
+    different places or with different values there (a program whose reference is nan must stay nan)."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30)) if b.size else 0.0
+    if not b.size:
+        return 0.0
+    fa, fb = np.isfinite(a), np.isfinite(b)
+    if np.any(fa != fb) or not np.array_equal(a[~fb], b[~fb], equal_nan=True):
+        return float("inf")
+    if not np.any(fb):
+        return 0.0
+    return float(np.max(np.abs(a[fb] - b[fb])) / max(np.max(np.abs(b[fb])), 1e-30))
 
 
 @eqx.filter_jit

@@ -1,7 +1,12 @@
 """The inner loop's math as pure functions: the reconstruction loss and one inner step.
 
-    l(W; X)  = 1/(2b) sum_i || g(f(phi(x_i); W)) - x_i ||^2
+    l(W; X)  = c/(2b) sum_i eta_i || g(f(phi(x_i); W)) - x_i ||^2
     W_{t+1}  = W_t + u_t,   (u_t, s_{t+1}) = optimizer.update(grad l(W_t; X_t), s_t, W_t)
+
+c is the task's normalisation (1, or 1/d_h for the released code's) and eta_i a learned step size
+(per head or per token; 1 when the step size is fixed).  The data of a step is a dict with the keys
+k (phi of the tokens), x (the tokens) and, with a learned step size, w (the eta_i: one per token, or
+one scalar); a step gets it as the union of the loop's constants and the step's slice of xs.
 """
 from __future__ import annotations
 
@@ -19,37 +24,51 @@ def token_loss(pred: Float[Array, " d"], x: Float[Array, " d"]) -> Float[Array, 
     return 0.5 * jnp.sum((pred - x) ** 2)
 
 
-def reconstruction_loss(W, static, G, ln, k: Float[Array, "b dh"], x: Float[Array, "b d"]) -> Float[Array, ""]:
-    """l(W; X) = 1/(2b) sum_i ||g(f(k_i; W)) - x_i||^2 over the b tokens given."""
+def reconstruction_loss(W, static, G, ln, k: Float[Array, "b dh"], x: Float[Array, "b d"], c=None, *,
+                        scale: float = 1.0, w=None) -> Float[Array, ""]:
+    """l(W; X) = scale/(2b) sum_i w_i ||g(f(k_i; W)) - x_i||^2 over the b tokens given (w_i = 1 if w is None;
+    w is one weight per token or one scalar)."""
     f = eqx.combine(W, static)
-    pred = jax.vmap(lambda ki: decode(G, ln, f(ki)))(k)
-    return 0.5 * jnp.mean(jnp.sum((pred - x) ** 2, axis=-1))
+    pred = jax.vmap(lambda ki: decode(G, ln, f(ki), c))(k)
+    per_token = jnp.sum((pred - x) ** 2, axis=-1)
+    if w is not None:
+        per_token = w * per_token
+    loss = 0.5 * jnp.mean(per_token)
+    return loss if scale == 1.0 else scale * loss
 
 
-def batch_step(opt: optax.GradientTransformation, static):
+def step_data(consts, xt) -> tuple:
+    """(decoder (G, c, ln), data dict) of one step: the loop's constants merged with the step's xs slice."""
+    dec, shared = consts
+    return dec, {**shared, **(xt or {})}
+
+
+def batch_step(opt: optax.GradientTransformation, static, scale: float = 1.0):
     """One full-batch or mini-batch step: W <- W + u, (u, s) = opt.update(grad l(W; X_t), s, W)."""
     def step(consts, carry, xt):
-        if xt is None:
-            G, ln, k, x = consts
-        else:
-            (G, ln), (k, x) = consts, xt
+        (G, c, ln), d = step_data(consts, xt)
         W, s = carry
-        grads = jax.grad(reconstruction_loss)(W, static, G, ln, k, x)
+        grads = jax.grad(reconstruction_loss)(W, static, G, ln, d["k"], d["x"], c, scale=scale, w=d.get("w"))
         updates, s = opt.update(grads, s, W)
         return (optax.apply_updates(W, updates), s), None
     return step
 
 
-def online_step(opt: optax.GradientTransformation, static):
+def online_step(opt: optax.GradientTransformation, static, scale: float = 1.0):
     """One causal chunk of b tokens starting from weights W:
-    g_i = grad 1/2||g(f(k_i; W)) - x_i||^2,  W_i = W + update(sum_{j<=i} g_j),  y_i = f(q_i; W_i);
+    g_i = grad scale * w_i/2 ||g(f(k_i; W)) - x_i||^2,  W_i = W + update(sum_{j<=i} g_j),  y_i = f(q_i; W_i);
     the chunk hands W_b (and its optimizer state) to the next chunk."""
     def step(consts, carry, xt):
-        G, ln = consts
+        (G, c, ln), d = step_data(consts, xt)
         W, s = carry
-        k, q, x = xt
-        grads = jax.vmap(jax.grad(lambda W, ki, xi: token_loss(decode(G, ln, eqx.combine(W, static)(ki)), xi)),
-                         in_axes=(None, 0, 0))(W, k, x)
+        k, q, x = d["k"], d["q"], d["x"]
+        w = jnp.broadcast_to(d["w"], k.shape[:1]) if "w" in d else None
+
+        def one(W, ki, xi, wi):
+            loss = token_loss(decode(G, ln, eqx.combine(W, static)(ki), c), xi)
+            loss = loss if wi is None else wi * loss
+            return loss if scale == 1.0 else scale * loss
+        grads = jax.vmap(jax.grad(one), in_axes=(None, 0, 0, None if w is None else 0))(W, k, x, w)
         cumulative = jax.tree.map(lambda g: jnp.cumsum(g, axis=0), grads)
         updates, states = jax.vmap(opt.update, in_axes=(0, None, None))(cumulative, s, W)
         Ws = jax.tree.map(lambda w, u: w + u, W, updates)

@@ -15,38 +15,45 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 
 class Linear(eqx.Module):
-    """f(z; W) = W z.  With W0 = 0 and one GD step of size eta=1, MTTT-Linear is linear attention."""
+    """f(z; W) = W z  (+ b with `bias=True`).  With W0 = 0 and one GD step of size eta=1, MTTT-Linear is
+    linear attention."""
 
     W: Float[Array, "dout din"]
+    b: Float[Array, " dout"] | None
 
-    def __init__(self, din: int, dout: int | None = None, *, key: PRNGKeyArray | None = None):
+    def __init__(self, din: int, dout: int | None = None, *, bias: bool = False, key: PRNGKeyArray | None = None):
         dout = din if dout is None else dout
         self.W = (jnp.zeros((dout, din)) if key is None
                   else jax.random.normal(key, (dout, din)) / math.sqrt(din))
+        self.b = jnp.zeros((dout,)) if bias else None
 
     def __call__(self, z: Float[Array, " din"]) -> Float[Array, " dout"]:
-        return self.W @ z
+        return self.W @ z if self.b is None else self.W @ z + self.b
 
 
 class MLP(eqx.Module):
-    """f(z; W) = W2 gelu(W1 z + b1) + b2, hidden width 4 d_h (the paper's MTTT-MLP)."""
+    """f(z; W) = W2 gelu(W1 z + b1) + b2, hidden width 4 d_h (the paper's MTTT-MLP); `bias=False` drops
+    b1 and b2.  gelu is jax.nn.gelu's tanh form (flax's too)."""
 
     W1: Float[Array, "hidden din"]
-    b1: Float[Array, " hidden"]
+    b1: Float[Array, " hidden"] | None
     W2: Float[Array, "dout hidden"]
-    b2: Float[Array, " dout"]
+    b2: Float[Array, " dout"] | None
 
-    def __init__(self, din: int, dout: int | None = None, *, hidden: int | None = None, key: PRNGKeyArray):
+    def __init__(self, din: int, dout: int | None = None, *, hidden: int | None = None, bias: bool = True,
+                 key: PRNGKeyArray):
         dout = din if dout is None else dout
         hidden = 4 * din if hidden is None else hidden
         k1, k2 = jax.random.split(key)
         self.W1 = jax.random.normal(k1, (hidden, din)) / math.sqrt(din)
-        self.b1 = jnp.zeros((hidden,))
+        self.b1 = jnp.zeros((hidden,)) if bias else None
         self.W2 = jax.random.normal(k2, (dout, hidden)) / math.sqrt(hidden)
-        self.b2 = jnp.zeros((dout,))
+        self.b2 = jnp.zeros((dout,)) if bias else None
 
     def __call__(self, z: Float[Array, " din"]) -> Float[Array, " dout"]:
-        return self.W2 @ jax.nn.gelu(self.W1 @ z + self.b1) + self.b2
+        a = self.W1 @ z if self.b1 is None else self.W1 @ z + self.b1
+        y = self.W2 @ jax.nn.gelu(a)
+        return y if self.b2 is None else y + self.b2
 
 
 class NonParametric(eqx.Module):

@@ -11,43 +11,86 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 
 class Project(eqx.Module):
-    """phi or psi: one token (d,) -> (heads, d_h), z_k = P_k x."""
+    """phi or psi: one token (d,) -> (heads, d_h), z_k = P_k x  (+ p_k with per-head biases)."""
 
     weight: Float[Array, "heads dh d"]
+    bias: Float[Array, "heads dh"] | None
 
-    def __init__(self, dim: int, heads: int, *, key: PRNGKeyArray):
+    def __init__(self, dim: int, heads: int, *, bias: bool = False, key: PRNGKeyArray):
         self.weight = jax.random.normal(key, (heads, dim // heads, dim)) / math.sqrt(dim)
+        self.bias = jnp.zeros((heads, dim // heads)) if bias else None
 
     def __call__(self, x: Float[Array, " d"]) -> Float[Array, "heads dh"]:
-        return jnp.einsum("hkd,d->hk", self.weight, x)
+        z = jnp.einsum("hkd,d->hk", self.weight, x)
+        return z if self.bias is None else z + self.bias
 
     def tokens(self, x: Float[Array, "n d"]) -> Float[Array, "n heads dh"]:
         """The map applied to every token (one matmul)."""
-        return jnp.einsum("hkd,nd->nhk", self.weight, x)
+        z = jnp.einsum("hkd,nd->nhk", self.weight, x)
+        return z if self.bias is None else z + self.bias
 
 
 class Decoder(eqx.Module):
-    """g: (heads, d_h) -> (heads, d), g_k(z) = G_k z, or LN(G_k z) with the paper's Decoder LN."""
+    """g: (heads, d_h) -> (heads, d), g_k(z) = G_k z (+ c, one bias shared by the heads), then the
+    paper's Decoder LN if asked (its scale and offset shared, or per head: `ln_per_head`)."""
 
     weight: Float[Array, "heads d dh"]
+    bias: Float[Array, " d"] | None
     ln: eqx.nn.LayerNorm | None
+    ln_per_head: bool = eqx.field(static=True)
 
-    def __init__(self, dim: int, heads: int, *, decoder_ln: bool, key: PRNGKeyArray):
+    def __init__(self, dim: int, heads: int, *, decoder_ln: bool, bias: bool = False, ln_per_head: bool = False,
+                 ln_eps: float = 1e-5, key: PRNGKeyArray):
         self.weight = jax.random.normal(key, (heads, dim, dim // heads)) / math.sqrt(dim // heads)
-        self.ln = eqx.nn.LayerNorm(dim) if decoder_ln else None
+        self.bias = jnp.zeros((dim,)) if bias else None
+        self.ln_per_head = bool(decoder_ln and ln_per_head)
+        if not decoder_ln:
+            self.ln = None
+        elif self.ln_per_head:
+            self.ln = eqx.filter_vmap(lambda _: eqx.nn.LayerNorm(dim, eps=ln_eps))(jnp.arange(heads))
+        else:
+            self.ln = eqx.nn.LayerNorm(dim, eps=ln_eps)
 
     def __call__(self, z: Float[Array, "heads dh"]) -> Float[Array, "heads d"]:
-        return jax.vmap(decode, in_axes=(0, None, 0))(self.weight, self.ln, z)
+        return jax.vmap(decode, in_axes=(0, self.ln_axis, 0, None))(self.weight, self.ln, z, self.bias)
+
+    @property
+    def ln_axis(self) -> int | None:
+        """vmap's in_axes for `ln` over the heads."""
+        return 0 if self.ln_per_head else None
 
 
-def decode(G: Float[Array, "d dh"], ln, z: Float[Array, " dh"]) -> Float[Array, " d"]:
-    """One head's decoder g_k(z) = G_k z  (then LN if the task asks for it)."""
+def decode(G: Float[Array, "d dh"], ln, z: Float[Array, " dh"], c: Float[Array, " d"] | None = None
+           ) -> Float[Array, " d"]:
+    """One head's decoder g_k(z) = G_k z (+ c)  (then LN if the task asks for it)."""
     y = G @ z
+    if c is not None:
+        y = y + c
     return y if ln is None else ln(y)
 
 
+class StepSize(eqx.Module):
+    """A learned inner step size per head:  eta_k = eta_base * sigmoid(b_k)  ("per_head"), or per token
+    eta_k(x_i) = eta_base * sigmoid(theta_k . x_i + b_k)  ("per_token", TTT-Linear/MLP's gate)."""
+
+    theta: Float[Array, "heads d"] | None
+    bias: Float[Array, " heads"]
+    eta_base: float = eqx.field(static=True)
+
+    def __init__(self, dim: int, heads: int, *, per_token: bool, eta_base: float):
+        self.theta = jnp.zeros((heads, dim)) if per_token else None
+        self.bias = jnp.zeros((heads,))
+        self.eta_base = float(eta_base)
+
+    def __call__(self, x: Float[Array, "n d"]) -> Float[Array, "heads n"] | Float[Array, " heads"]:
+        """(heads, n) per token, or (heads,) per head."""
+        if self.theta is None:
+            return self.eta_base * jax.nn.sigmoid(self.bias)
+        return self.eta_base * jax.nn.sigmoid(jnp.einsum("hd,nd->hn", self.theta, x) + self.bias[:, None])
+
+
 class Output(eqx.Module):
-    """h: (heads, d_h) -> (d,), h(o) = sum_k O_k o_k + b."""
+    """h: (heads, d_h) -> (d,), h(o) = sum_k O_k o_k + b  (the released code's output bias is b)."""
 
     weight: Float[Array, "d heads dh"]
     bias: Float[Array, " d"]

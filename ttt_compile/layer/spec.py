@@ -12,6 +12,8 @@ import optax
 
 Batching = Literal["full", "sgd", "online"]
 Init = Literal["zero", "learned"]
+Normalisation = Literal["paper", "released"]
+StepSizeKind = Literal["fixed", "per_head", "per_token"]
 
 
 class SpecError(ValueError):
@@ -20,18 +22,49 @@ class SpecError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Reconstruction:
-    """The paper's self-supervised task  l(W; X) = 1/(2n) sum_i ||g(f(phi(x_i); W)) - x_i||^2.
+    """The paper's self-supervised task  l(W; X) = c/(2n) sum_i ||g(f(phi(x_i); W)) - x_i||^2.
 
     phi (corruption/key map) and psi (query map) take a token to d_h per head, g decodes d_h back
     to the token dimension d (each head reconstructs the whole token) and h maps the heads'
     outputs back to d.  `decoder_ln=True` is the paper's "Decoder LN": g(z) = LN(G z).
+
+    normalisation  "paper": c = 1, eq. 1 as written.  "released": c = 1/d_h, the released code's
+                   (test-time-training/mttt) mean over the n x d reconstructed elements times H;
+                   a step size eta_released is eta = eta_released / d_h in eq. 1's units.
+    bias           phi_k(x) = P_k x + p_k and psi_k(x) = Q_k x + q_k with per-head biases, and
+                   g_k(z) = LN(G_k z + c) with one decoder bias c shared by the heads (released code).
+    ln_per_head    the Decoder LN's scale and offset are per head (released code) instead of shared.
+    ln_eps         the Decoder LN's epsilon (equinox's default 1e-5; flax's, the released code's, 1e-6).
+
+    `Reconstruction.released(decoder_ln=...)` is the released code's parametrisation.
     """
 
     decoder_ln: bool = False
+    normalisation: Normalisation = "paper"
+    bias: bool = False
+    ln_per_head: bool = False
+    ln_eps: float = 1e-5
 
     def __post_init__(self):
-        if not isinstance(self.decoder_ln, bool):
-            raise SpecError(f"Reconstruction.decoder_ln must be a bool, got {self.decoder_ln!r}")
+        for name in ("decoder_ln", "bias", "ln_per_head"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(f"Reconstruction.{name} must be a bool, got {getattr(self, name)!r}")
+        if self.normalisation not in ("paper", "released"):
+            raise SpecError("Reconstruction.normalisation must be 'paper' (eq. 1: 1/(2n) sum ||.||^2) or "
+                            f"'released' (eq. 1 / d_h, the released code's), got {self.normalisation!r}")
+        if (not isinstance(self.ln_eps, (int, float)) or isinstance(self.ln_eps, bool)
+                or not self.ln_eps > 0):
+            raise SpecError(f"Reconstruction.ln_eps must be a positive float, got {self.ln_eps!r}")
+
+    @classmethod
+    def released(cls, decoder_ln: bool = False) -> "Reconstruction":
+        """The released code's task: loss / d_h, per-head phi/psi biases, a shared decoder bias,
+        a per-head Decoder LN with flax's epsilon 1e-6."""
+        return cls(decoder_ln=decoder_ln, normalisation="released", bias=True, ln_per_head=True, ln_eps=1e-6)
+
+    def scale(self, dh: int) -> float:
+        """c in l = c/(2n) sum_i ||.||^2: 1 (paper) or 1/d_h (released)."""
+        return 1.0 if self.normalisation == "paper" else 1.0 / dh
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,12 +78,21 @@ class Inner:
     chunk      b for batching="online": gradients of a chunk are taken at its starting weights and
                token t sums the updates of its chunk's tokens up to and including t.
     optimizer  any optax GradientTransformation; the paper uses plain GD, optax.sgd(eta) with eta=1.
+    eta        a learned step size, an outer parameter of the layer that weights each token's loss in
+               the gradient the optimizer receives (grad sum_i eta_i l_i; for optax.sgd(lr) the step
+               is W <- W - lr sum_i eta_i grad l_i):
+               "fixed": none (eta_i = 1);  "per_head": eta_k = eta_base * sigmoid(b_k), one learned
+               b_k per head;  "per_token": eta_k(x_i) = eta_base * sigmoid(theta_k . x_i + b_k)
+               (TTT-Linear/MLP's form, Sun et al. 2024).  theta_k and b_k start at 0 (eta = eta_base/2).
+    eta_base   the largest step size the sigmoid gate allows.
     """
 
     steps: int = 1
     batching: Batching = "full"
     optimizer: optax.GradientTransformation = dataclasses.field(default_factory=lambda: optax.sgd(1.0))
     chunk: int = 1
+    eta: StepSizeKind = "fixed"
+    eta_base: float = 1.0
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
@@ -62,9 +104,14 @@ class Inner:
         if not isinstance(self.optimizer, optax.GradientTransformation):
             raise SpecError("Inner.optimizer must be an optax.GradientTransformation, e.g. optax.sgd(1.0); "
                             f"got {type(self.optimizer).__name__}")
+        if self.eta not in ("fixed", "per_head", "per_token"):
+            raise SpecError(f"Inner.eta must be 'fixed', 'per_head' or 'per_token', got {self.eta!r}")
+        if (not isinstance(self.eta_base, (int, float)) or isinstance(self.eta_base, bool)
+                or not self.eta_base > 0):
+            raise SpecError(f"Inner.eta_base must be a positive float, got {self.eta_base!r}")
 
     def __hash__(self):  # optax transformations hold functions: hash by identity of the optimizer
-        return hash((self.steps, self.batching, self.chunk, id(self.optimizer)))
+        return hash((self.steps, self.batching, self.chunk, id(self.optimizer), self.eta, self.eta_base))
 
     def blocks(self, n: int) -> tuple[int, int]:
         """(number of loop steps, tokens per step) for a sequence of n tokens; checks divisibility."""

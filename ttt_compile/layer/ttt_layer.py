@@ -2,9 +2,12 @@
 
 For one sequence X = (x_1..x_n) and head k, with keys phi_k(x_i), queries psi_k(x_j), decoder g_k:
 
-    l_k(W; X) = 1/(2n) sum_i || g_k(f(phi_k(x_i); W)) - x_i ||^2
+    l_k(W; X) = c/(2n) sum_i eta_k(x_i) || g_k(f(phi_k(x_i); W)) - x_i ||^2
     W_{t+1}   = W_t + u_t,   (u_t, s_{t+1}) = optimizer.update(grad l_k(W_t; X_t), s_t, W_t)
     out_j     = h( [f(psi_k(x_j); W_T)]_k )        (h sums the heads' output maps)
+
+c = 1 (eq. 1) or 1/d_h (`Reconstruction(normalisation="released")`); eta_k = 1 for a fixed step size,
+else the learned `StepSize` (`Inner(eta="per_head" | "per_token")`).
 
 X_t is all of X (batching="full"), the t-th of T contiguous mini-batches ("sgd"), or the t-th
 chunk of a causal pass ("online", where token j reads the weights after learning from tokens <= j).
@@ -26,7 +29,7 @@ from ttt_compile.ir.primitive import ttt_loop
 
 from .inner_steps import batch_step, online_step, reconstruction_loss, token_loss
 from .learners import NonParametric
-from .outer_maps import Decoder, Output, Project, decode
+from .outer_maps import Decoder, Output, Project, StepSize, decode
 from .spec import Inner, Reconstruction, SpecError
 
 
@@ -82,6 +85,7 @@ class TTTLayer(eqx.Module):
     g: Decoder
     h: Output
     W0: Any                      # stacked over heads (init="learned"), else None
+    eta: StepSize | None         # the learned inner step size (Inner.eta != "fixed"), else None
     dim: int = eqx.field(static=True)
     heads: int = eqx.field(static=True)
     init: str = eqx.field(static=True)
@@ -138,19 +142,28 @@ class TTTLayer(eqx.Module):
             self.fast_shape = jax.eval_shape(lambda: params)
             self.W0 = (jax.tree.map(lambda a: jnp.broadcast_to(a, (heads, *a.shape)), params)
                        if init == "learned" else None)
+        if self.nonparametric and inner.eta != "fixed":
+            raise SpecError(f"Inner.eta={inner.eta!r} needs a parametric learner (a non-parametric one takes no "
+                            "gradient steps); use Inner(eta='fixed') with "
+                            f"{type(learner).__name__}")
         kp, kq, kg, kh = jax.random.split(key, 4)
-        self.phi = Project(dim, heads, key=kp)
-        self.psi = Project(dim, heads, key=kq)
-        self.g = Decoder(dim, heads, decoder_ln=task.decoder_ln, key=kg)
+        self.phi = Project(dim, heads, bias=task.bias, key=kp)
+        self.psi = Project(dim, heads, bias=task.bias, key=kq)
+        self.g = Decoder(dim, heads, decoder_ln=task.decoder_ln, bias=task.bias, ln_per_head=task.ln_per_head,
+                         ln_eps=task.ln_eps, key=kg)
         self.h = Output(dim, heads, key=kh)
+        self.eta = (None if inner.eta == "fixed" else
+                    StepSize(dim, heads, per_token=inner.eta == "per_token", eta_base=inner.eta_base))
 
     # ----------------------------------------------------------------- public
     def __call__(self, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
         check_tokens(x, self.dim)
         k, q = self.phi.tokens(x), self.psi.tokens(x)                       # (n, H, d_h)
         head = self._nonparametric_head if self.nonparametric else self._parametric_head
-        o = jax.vmap(head, in_axes=(0, 0, None, 1, 1, None), out_axes=1)(
-            self._W0(), self.g.weight, self.g.ln, k, q, x)                   # (n, H, d_h)
+        dec, dec_axes = self.decoders()
+        w = None if self.eta is None else self.eta(x)                        # (H,) or (H, n)
+        o = jax.vmap(head, in_axes=(0, dec_axes, None if w is None else 0, 1, 1, None), out_axes=1)(
+            self._W0(), dec, w, k, q, x)                                      # (n, H, d_h)
         return self.h.tokens(o)
 
     def inner_losses(self, x: Float[Array, "n d"]) -> Float[Array, "heads steps_plus_1"]:
@@ -159,17 +172,30 @@ class TTTLayer(eqx.Module):
         if self.nonparametric or self.inner.batching == "online":
             raise SpecError("inner_losses needs a parametric learner with batching 'full' or 'sgd'")
         k = self.phi.tokens(x)
+        dec, dec_axes = self.decoders()
+        w = None if self.eta is None else self.eta(x)
+        scale = self.loss_scale
 
-        def per_head(W0, G, ln, k):
-            Ws = self._weights_sequence(W0, G, ln, k, x)
-            return jax.vmap(lambda W: reconstruction_loss(W, self.inner_model(), G, ln, k, x))(Ws)
-        return jax.vmap(per_head, in_axes=(0, 0, None, 1))(self._W0(), self.g.weight, self.g.ln, k)
+        def per_head(W0, dec, w, k):
+            G, c, ln = dec
+            Ws = self._weights_sequence(W0, dec, w, k, x)
+            return jax.vmap(lambda W: reconstruction_loss(W, self.inner_model(), G, ln, k, x, c, scale=scale))(Ws)
+        return jax.vmap(per_head, in_axes=(0, dec_axes, None if w is None else 0, 1))(self._W0(), dec, w, k)
+
+    @property
+    def loss_scale(self) -> float:
+        """c in l = c/(2n) sum ||.||^2: 1 (eq. 1) or 1/d_h (the released code's normalisation)."""
+        return self.task.scale(self.dim // self.heads)
 
     def inner_model(self):
         """The learner without its fast weights: `eqx.combine(W, layer.inner_model())` is f(.; W)."""
         return eqx.combine(self.learner_outer, self.learner) if self.learner_outer is not None else self.learner
 
     # ----------------------------------------------------------------- inner loop, one head
+    def decoders(self):
+        """Each head's decoder (G_k, c, LN_k) and vmap's in_axes for it over the heads."""
+        return (self.g.weight, self.g.bias, self.g.ln), (0, None, self.g.ln_axis)
+
     def _W0(self):
         if self.nonparametric:
             return jnp.zeros((self.heads,))         # nothing to learn; keeps vmap's in_axes uniform
@@ -177,40 +203,49 @@ class TTTLayer(eqx.Module):
             return self.W0
         return jax.tree.map(lambda s: jnp.zeros((self.heads, *s.shape), s.dtype), self.fast_shape)
 
-    def _nonparametric_head(self, _, G, ln, k, q, x):
-        labels = jax.vmap(lambda xi: -jax.grad(lambda z: token_loss(decode(G, ln, z), xi))(
+    def _nonparametric_head(self, _, dec, w, k, q, x):
+        G, c, ln = dec
+        scale = self.loss_scale
+        labels = jax.vmap(lambda xi: -jax.grad(lambda z: scale * token_loss(decode(G, ln, z, c), xi))(
             jnp.zeros(k.shape[-1], x.dtype)))(x)
         state = self.learner.fit(k, labels)
         return jax.vmap(lambda qj: self.learner.predict(state, qj))(q)
 
-    def _parametric_head(self, W0, G, ln, k, q, x):
+    def _loop_inputs(self, dec, w, k, x, q=None):
+        """(consts, xs) of one head's ttt_loop: the decoder and the data every step reads (consts), and
+        the data split into the loop's blocks (xs; None for batching="full").  See inner_steps."""
+        steps, b = self.inner.blocks(x.shape[0])
+        data = {"k": k, "x": x} if q is None else {"k": k, "q": q, "x": x}
+        if w is not None:
+            data["w"] = w
+        if self.inner.batching == "full":
+            return (dec, data), None
+        split = {name: a for name, a in data.items() if a.ndim}            # per-token arrays are split
+        shared = {name: a for name, a in data.items() if not a.ndim}       # a per-head eta is not
+        return (dec, shared), {name: a.reshape(steps, b, *a.shape[1:]) for name, a in split.items()}
+
+    def _parametric_head(self, W0, dec, w, k, q, x):
         n = x.shape[0]
-        steps, b = self.inner.blocks(n)
-        opt, static = self.inner.optimizer, self.inner_model()
+        steps, _ = self.inner.blocks(n)
+        opt, static, scale = self.inner.optimizer, self.inner_model(), self.loss_scale
         carry = (W0, opt.init(W0))
         nw = len(jax.tree_util.tree_leaves(W0))
         if self.inner.batching == "online":
-            xs = (k.reshape(steps, b, -1), q.reshape(steps, b, -1), x.reshape(steps, b, -1))
-            _, ys = ttt_loop(online_step(opt, static), (G, ln), carry, xs, steps=steps,
+            consts, xs = self._loop_inputs(dec, w, k, x, q)
+            _, ys = ttt_loop(online_step(opt, static, scale), consts, carry, xs, steps=steps,
                              schedule="online", init=self.init, num_weights=nw)
             return ys.reshape(n, -1)
-        if self.inner.batching == "sgd":
-            consts, xs = (G, ln), (k.reshape(steps, b, -1), x.reshape(steps, b, -1))
-        else:
-            consts, xs = (G, ln, k, x), None
-        (WT, _), _ = ttt_loop(batch_step(opt, static), consts, carry, xs, steps=steps,
+        consts, xs = self._loop_inputs(dec, w, k, x)
+        (WT, _), _ = ttt_loop(batch_step(opt, static, scale), consts, carry, xs, steps=steps,
                               schedule=self.inner.batching, init=self.init, num_weights=nw)
         return jax.vmap(lambda qj: eqx.combine(WT, static)(qj))(q)
 
-    def _weights_sequence(self, W0, G, ln, k, x):
+    def _weights_sequence(self, W0, dec, w, k, x):
         """W_0..W_T of one head (reference path only), stacked on a leading axis."""
-        steps, b = self.inner.blocks(x.shape[0])
+        steps, _ = self.inner.blocks(x.shape[0])
         opt, static = self.inner.optimizer, self.inner_model()
-        if self.inner.batching == "sgd":
-            consts, xs = (G, ln), (k.reshape(steps, b, -1), x.reshape(steps, b, -1))
-        else:
-            consts, xs = (G, ln, k, x), None
-        step = batch_step(opt, static)
+        consts, xs = self._loop_inputs(dec, w, k, x)
+        step = batch_step(opt, static, self.loss_scale)
 
         def keep(carry, xt):
             new, _ = step(consts, carry, xt)
