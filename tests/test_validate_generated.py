@@ -16,8 +16,9 @@ above that is reported; an ill-conditioned program is not called a miscompile.
 
 Parametrized over `passes.available()` (each pass alone), "random" (random orders and subsets with
 repeats and options) and "default".  The hypothesis seed is fixed (TTT_FUZZ_SEED to change it) and
-printed; a failure prints the program and the pipeline as code.  Default run: >= 150 programs;
-`-m slow`: >= 3000.  `python tests/test_validate_generated.py --programs N --seed S` runs the same
+printed; a failure prints the program and the pipeline as code.  Default run: >= 150 programs
+(TTT_FUZZ_PROGRAMS to change it) over a few shapes (program_gen.FEW_SHAPES, so per-primitive
+executables are reused) of size <= 40; `-m slow`: >= 3000 over every shape, size <= 120.  `python tests/test_validate_generated.py --programs N --seed S` runs the same
 checks without stopping at the first failure and prints every failure grouped by class.
 """
 from __future__ import annotations
@@ -302,7 +303,7 @@ def pipelines(kind: str):
     return st.just("default" if kind == "default" else [kind])
 
 
-def run_generated(kind: str, examples: int, max_size: int) -> int:
+def run_generated(kind: str, examples: int, max_size: int, shapes=None) -> int:
     """Check `examples` generated programs with pipelines of `kind`; returns how many were validated."""
     validated = []
     hseed = SEED + sum(map(ord, kind))
@@ -310,7 +311,7 @@ def run_generated(kind: str, examples: int, max_size: int) -> int:
     @settings(max_examples=examples, deadline=None, derandomize=False, database=None,
               phases=[Phase.generate], suppress_health_check=list(HealthCheck))
     @hyp_seed(hseed)
-    @given(G.programs(max_size=max_size), pipelines(kind))
+    @given(G.programs(max_size=max_size, shapes=shapes), pipelines(kind))
     def one(program, pipeline):
         try:
             bad = check(program, pipeline, jit=len(validated) % JIT_EVERY == 0)
@@ -326,14 +327,15 @@ def run_generated(kind: str, examples: int, max_size: int) -> int:
     return len(validated)
 
 
-DEFAULT_PER_KIND = -(-150 // len(KINDS))          # >= 150 programs in the default run
+PROGRAMS = int(os.environ.get("TTT_FUZZ_PROGRAMS", "150"))   # default run total (a smaller one for a smoke run)
+DEFAULT_PER_KIND = -(-PROGRAMS // len(KINDS))     # >= 150 programs in the default run
 SLOW_PER_KIND = -(-3000 // len(KINDS))            # >= 3000 with -m slow
 DEFAULT_MAX_SIZE, SLOW_MAX_SIZE = 40, 120         # program size bound (program_gen.size)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_generated_programs(kind):
-    n = run_generated(kind, DEFAULT_PER_KIND + 1, DEFAULT_MAX_SIZE)
+    n = run_generated(kind, DEFAULT_PER_KIND + 1, DEFAULT_MAX_SIZE, G.FEW_SHAPES)
     assert n >= DEFAULT_PER_KIND, f"only {n} programs validated for {kind}; need {DEFAULT_PER_KIND}"
 
 
