@@ -15,7 +15,9 @@ Three layers of grammar:
   functions (a clipped-gradient identity, a smooth |x| with its own derivative) and custom_vjp
   functions (a straight-through round, a half-gradient identity);
 - layer specs (`LayerSpec`): heads, d_h, n, steps, batching full/sgd/online with every valid chunk,
-  init zero/learned, decoder LN, the inner optimizer and its learning-rate schedule;
+  init zero/learned, decoder LN, the inner optimizer and its learning-rate schedule, learned step
+  sizes (eta fixed / per head / per token), the paper's or the released code's parametrisation, and
+  learner arrays marked as outer parameters;
 - enclosing programs (`Program.kind`, `Program.wrapper`): a bare layer, stacked layers with residual
   MLPs, the project's ViT and causal LM at tiny sizes; the layer call wrapped in jax.jit,
   eqx.filter_jit, jax.checkpoint, lax.scan over stacked layers, lax.cond between two layers, or a
@@ -271,6 +273,8 @@ class LayerSpec:
     lr: float
     ops: tuple               # the learner's grammar ops
     outer: tuple = ()        # indices of ops whose arrays are outer parameters (TTTLayer(outer=...))
+    eta: str = "fixed"       # learned step size: fixed | per_head | per_token (tc.Inner(eta=...))
+    released: bool = False   # the released code's parametrisation (tc.Reconstruction.released)
 
     @property
     def dim(self) -> int:
@@ -302,18 +306,22 @@ def layer_specs(draw, n: int, heads_dh: tuple[int, int] | None = None, batching:
                      init=draw(st.sampled_from(["zero", "learned"])), decoder_ln=draw(st.booleans()),
                      optimizer=draw(st.sampled_from(tuple(OPTIMIZERS))),
                      schedule=draw(st.sampled_from(["const", "const", *[s for s in SCHEDULES if s != "const"]])),
-                     lr=draw(st.sampled_from([0.05, 0.2, 0.5])), ops=ops, outer=outer)
+                     lr=draw(st.sampled_from([0.05, 0.2, 0.5])), ops=ops, outer=outer,
+                     eta=draw(st.sampled_from(["fixed", "fixed", "per_head", "per_token"])),
+                     released=draw(st.sampled_from([False, False, True])))
 
 
 def build_layer(spec: LayerSpec, key) -> tc.TTTLayer:
     """The TTT layer of `spec`; with init='zero' its learner is built with zeros (W0 = 0 is the spec)."""
     k_learner, k_layer = jax.random.split(key)
     learner = Learner(spec.ops, spec.dh, k_learner, zero=spec.init == "zero", outer=spec.outer)
-    inner = tc.Inner(steps=spec.steps, batching=spec.batching, chunk=spec.chunk,
+    inner = tc.Inner(steps=spec.steps, batching=spec.batching, chunk=spec.chunk, eta=spec.eta,
                      optimizer=make_optimizer(spec.optimizer, spec.schedule, spec.lr))
     outer = (lambda f: tuple(f.arrays[i] for i in spec.outer)) if spec.outer else None
-    return tc.TTTLayer(spec.dim, spec.heads, learner, init=spec.init, outer=outer,
-                       task=tc.Reconstruction(decoder_ln=spec.decoder_ln), inner=inner, key=k_layer)
+    task = (tc.Reconstruction.released(decoder_ln=spec.decoder_ln) if spec.released
+            else tc.Reconstruction(decoder_ln=spec.decoder_ln))
+    return tc.TTTLayer(spec.dim, spec.heads, learner, init=spec.init, outer=outer, task=task, inner=inner,
+                       key=k_layer)
 
 
 # =========================================================================== enclosing programs
@@ -378,12 +386,15 @@ def call_layer(layer, x, wrapper: str | None):
 
 
 def int_side_features(x):
-    """Integer side computation: ((3 i + j) mod 5) // 2 over token i, feature j, and a parity sign."""
+    """Integer side computations: ((3 i + j) mod 5) // 2 over token i, feature j; a parity sign; and an
+    integer lax.while_loop (sum of t mod 3 for t < n) scaling the input."""
     n, d = x.shape
     i, j = jnp.arange(n)[:, None], jnp.arange(d)[None, :]
     feat = ((3 * i + j) % 5 // 2).astype(x.dtype)
     sign = jnp.where(jnp.arange(n) % 2 == 0, 1, -1).astype(x.dtype)[:, None]
-    return x * sign + 0.1 * feat
+    _, k = jax.lax.while_loop(lambda c: c[0] < n, lambda c: (c[0] + 1, c[1] + c[0] % 3),
+                              (jnp.int32(0), jnp.int32(0)))
+    return x * sign * (1 + 0.01 * k.astype(x.dtype)) + 0.1 * feat
 
 
 def layer_norm(x, eps=1e-5):
@@ -491,12 +502,42 @@ def build(program: Program):
     return model, jax.random.normal(k_x, (n, d), dtype), jax.random.normal(k_x2, (n, d), dtype)
 
 
+# =========================================================================== program size
+def op_count(ops) -> int:
+    return sum(1 + (op_count(o[1]) if o[0] == "residual" else 0) for o in ops)
+
+
+def loop_steps(spec: LayerSpec, n: int) -> int:
+    return n // spec.chunk if spec.batching == "online" else spec.steps
+
+
+def size(program: Program) -> int:
+    """A cost proxy: inner steps times learner ops, summed over the layers (an evaluation of the program
+    takes time roughly in proportion)."""
+    return sum(loop_steps(s, program.n) * (op_count(s.ops) + 3 + 2 * s.decoder_ln) for s in program.layers)
+
+
 # =========================================================================== program strategy
+#: (n, heads, d_h) of the default run: few shapes, so that the executables JAX compiles per primitive and
+#: shape are reused across programs (each new shape costs a compile per primitive); n = 1, a prime and
+#: composites, heads 1-3, d_h not a power of two (but one).  The slow run draws every shape.
+FEW_SHAPES = ((1, 1, 5), (7, 2, 3), (6, 3, 2), (12, 2, 5))
+
+
+def programs(kinds=KINDS, wrappers=WRAPPERS, max_size: int = 10**9, shapes=None):
+    """Generated programs of at most `max_size` (see `size`), with (n, heads, d_h) from `shapes` (all
+    n <= 13, d <= 12 if None)."""
+    return _programs(kinds, wrappers, shapes).filter(lambda p: size(p) <= max_size)
+
+
 @st.composite
-def programs(draw, kinds=KINDS, wrappers=WRAPPERS) -> Program:
+def _programs(draw, kinds, wrappers, shapes) -> Program:
     kind = draw(st.sampled_from(kinds))
-    n = draw(st.sampled_from(NS))
-    heads, dh = draw(st.sampled_from(DIMS))
+    if shapes is None:
+        n = draw(st.sampled_from(NS))
+        heads, dh = draw(st.sampled_from(DIMS))
+    else:
+        n, heads, dh = draw(st.sampled_from(shapes))
     seed = draw(st.integers(0, 2**31 - 1))
     if kind == "lm":
         depth = draw(st.integers(1, 2))

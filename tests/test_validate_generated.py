@@ -16,8 +16,9 @@ above that is reported; an ill-conditioned program is not called a miscompile.
 
 Parametrized over `passes.available()` (each pass alone), "random" (random orders and subsets with
 repeats and options) and "default".  The hypothesis seed is fixed (TTT_FUZZ_SEED to change it) and
-printed; a failure prints the program and the pipeline as code.  Default run: >= 150 programs;
-`-m slow`: >= 3000.  `python tests/test_validate_generated.py --programs N --seed S` runs the same
+printed; a failure prints the program and the pipeline as code.  Default run: >= 150 programs
+(TTT_FUZZ_PROGRAMS to change it) over a few shapes (program_gen.FEW_SHAPES, so per-primitive
+executables are reused) of size <= 40; `-m slow`: >= 3000 over every shape, size <= 120.  `python tests/test_validate_generated.py --programs N --seed S` runs the same
 checks without stopping at the first failure and prints every failure grouped by class.
 """
 from __future__ import annotations
@@ -54,7 +55,7 @@ SEED = int(os.environ.get("TTT_FUZZ_SEED", "20261201"))
 PURE_F64 = 1e-6          # tolerance per unit of f32-vs-f64 spread for a float64 program
 MIXED = 100.0            # ... for a program that itself computes partly in float32
 FLOOR, CAP = 1e-9, 1e-3
-JIT_EVERY = 4            # every JIT_EVERY-th program is also run as jax.jit(jax.vmap(compiled))
+JIT_EVERY = 3            # every JIT_EVERY-th program is also run as jax.jit(jax.vmap(compiled))
 
 
 # =========================================================================== evaluation
@@ -64,7 +65,8 @@ JIT_EVERY = 4            # every JIT_EVERY-th program is also run as jax.jit(jax
 # under jax.disable_jit (its lax.scan is a Python loop); a compiled program's jaxpr runs through
 # `eval_eager` (scan as a Python loop, jit/remat inlined, cond as a select of its branches, every other
 # primitive bound as is, custom_jvp/custom_vjp rules included).  The user's real path, jax.jit of the
-# compiled program, is checked on every JIT_EVERY-th program (with vmap and gradients).
+# compiled program, is checked on every JIT_EVERY-th program (values under jax.jit(jax.vmap(.)); an XLA
+# compile of the gradient as well would double the time).
 def _loss(model, x, r):
     y = model(x)
     return jnp.sum(jnp.sin(y) * r), y
@@ -72,7 +74,7 @@ def _loss(model, x, r):
 
 value_and_grad = eqx.filter_value_and_grad(_loss, has_aux=True)
 pair_value_and_grad = eqx.filter_vmap(value_and_grad, in_axes=(None, 0, 0))   # per example, over [x, x2]
-jit_pair_value_and_grad = eqx.filter_jit(pair_value_and_grad)
+jit_pair_values = eqx.filter_jit(lambda model, xs: jax.vmap(model)(xs))
 
 P = jax.extend.core.primitives
 
@@ -133,16 +135,16 @@ class Eager(eqx.Module):
     """A tc.Compiled program evaluated by `eval_eager` (same parameters, same leaves order)."""
 
     params: object
-    compiled: object = eqx.field(static=True)
+    jaxpr: object = eqx.field(static=True)
+    out_tree: object = eqx.field(static=True)
 
     def __init__(self, compiled):
-        self.params, self.compiled = compiled.params, compiled
+        self.params, self.jaxpr, self.out_tree = compiled.params, compiled.jaxpr, compiled.out_tree
 
     def __call__(self, *args):
-        c = self.compiled
-        out = eval_eager(c.jaxpr.jaxpr, c.jaxpr.consts, *jax.tree_util.tree_leaves(self.params),
+        out = eval_eager(self.jaxpr.jaxpr, self.jaxpr.consts, *jax.tree_util.tree_leaves(self.params),
                          *jax.tree_util.tree_leaves(args))
-        return jax.tree_util.tree_unflatten(c.out_tree, out)
+        return jax.tree_util.tree_unflatten(self.out_tree, out)
 
 
 def float_leaves(tree) -> list:
@@ -156,21 +158,23 @@ def evaluate(model, x, r) -> dict:
     return {"value(x)": np.asarray(y, np.float64), **{f"grad[{i}](x)": a for i, a in enumerate(float_leaves(g))}}
 
 
-def evaluate_pair(model, x, x2, r, r2, jit: bool = False) -> dict:
-    """jax.vmap over [x, x2] (under jax.jit if `jit`, else op by op): values and per-example outer
-    gradients at x and at the fresh input x2."""
-    args = (model, jnp.stack([x, x2]), jnp.stack([r, r2]))
-    if jit:
-        (_, ys), g = jit_pair_value_and_grad(*args)
-    else:
-        with jax.disable_jit(True):
-            (_, ys), g = pair_value_and_grad(*args)
+def evaluate_pair(model, x, x2, r, r2) -> dict:
+    """jax.vmap over [x, x2], op by op: values and per-example outer gradients at x and at the fresh
+    input x2."""
+    with jax.disable_jit(True):
+        (_, ys), g = pair_value_and_grad(model, jnp.stack([x, x2]), jnp.stack([r, r2]))
     out = {}
     for b, tag in enumerate(("x", "x2")):
         out[f"value({tag})"] = np.asarray(ys[b], np.float64)
         for i, a in enumerate(float_leaves(g)):
             out[f"grad[{i}]({tag})"] = a[b]
     return out
+
+
+def evaluate_jit(model, x, x2) -> dict:
+    """jax.jit(jax.vmap(model)) over [x, x2] (XLA-compiled: values only, to keep the compile short)."""
+    ys = jit_pair_values(model, jnp.stack([x, x2]))
+    return {"value(x)": np.asarray(ys[0], np.float64), "value(x2)": np.asarray(ys[1], np.float64)}
 
 
 def rel(a, b, floor: float) -> float:
@@ -280,8 +284,7 @@ def check(program: G.Program, pipeline, ref: Reference | None = None, jit: bool 
         bad = compare(evaluate(eager, ref.x, ref.r), ref, mixed, "compiled")
         bad += compare(evaluate_pair(eager, ref.x, ref.x2, ref.r, ref.r2), ref, mixed, "vmap(compiled)")
         if jit:
-            bad += compare(evaluate_pair(compiled, ref.x, ref.x2, ref.r, ref.r2, jit=True), ref, mixed,
-                           "jit(vmap(compiled))")
+            bad += compare(evaluate_jit(compiled, ref.x, ref.x2), ref, mixed, "jit(vmap(compiled))")
     return bad
 def describe(program, pipeline) -> str:
     return (f"seed={SEED} (TTT_FUZZ_SEED)\n  program = G.{program!r}\n  pipeline = {pipeline!r}\n"
@@ -300,17 +303,18 @@ def pipelines(kind: str):
     return st.just("default" if kind == "default" else [kind])
 
 
-def run_generated(kind: str, examples: int) -> int:
+def run_generated(kind: str, examples: int, max_size: int, shapes=None) -> int:
     """Check `examples` generated programs with pipelines of `kind`; returns how many were validated."""
     validated = []
+    hseed = SEED + sum(map(ord, kind))
 
     @settings(max_examples=examples, deadline=None, derandomize=False, database=None,
               phases=[Phase.generate], suppress_health_check=list(HealthCheck))
-    @hyp_seed(SEED + sum(map(ord, kind)))
-    @given(G.programs(), pipelines(kind))
+    @hyp_seed(hseed)
+    @given(G.programs(max_size=max_size, shapes=shapes), pipelines(kind))
     def one(program, pipeline):
         try:
-            bad = check(program, pipeline)
+            bad = check(program, pipeline, jit=len(validated) % JIT_EVERY == 0)
         except IllConditioned:
             reject()
         except Exception as e:  # noqa: BLE001 - re-raised with the program that caused it
@@ -318,25 +322,27 @@ def run_generated(kind: str, examples: int) -> int:
         assert not bad, "MISMATCH " + "; ".join(map(str, bad)) + "\n" + describe(program, pipeline)
         validated.append(program)
 
-    print(f"[validate_generated] {kind}: hypothesis seed {SEED + sum(map(ord, kind))} (TTT_FUZZ_SEED={SEED})")
+    print(f"[validate_generated] {kind}: hypothesis seed {hseed} (TTT_FUZZ_SEED={SEED})")
     one()
     return len(validated)
 
 
-DEFAULT_PER_KIND = -(-150 // len(KINDS))          # >= 150 programs in the default run
+PROGRAMS = int(os.environ.get("TTT_FUZZ_PROGRAMS", "150"))   # default run total (a smaller one for a smoke run)
+DEFAULT_PER_KIND = -(-PROGRAMS // len(KINDS))     # >= 150 programs in the default run
 SLOW_PER_KIND = -(-3000 // len(KINDS))            # >= 3000 with -m slow
+DEFAULT_MAX_SIZE, SLOW_MAX_SIZE = 40, 120         # program size bound (program_gen.size)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_generated_programs(kind):
-    n = run_generated(kind, DEFAULT_PER_KIND + 2)
+    n = run_generated(kind, DEFAULT_PER_KIND + 1, DEFAULT_MAX_SIZE, G.FEW_SHAPES)
     assert n >= DEFAULT_PER_KIND, f"only {n} programs validated for {kind}; need {DEFAULT_PER_KIND}"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_generated_programs_slow(kind):
-    n = run_generated(kind, SLOW_PER_KIND + 20)
+    n = run_generated(kind, SLOW_PER_KIND + 20, SLOW_MAX_SIZE)
     assert n >= SLOW_PER_KIND, f"only {n} programs validated for {kind}; need {SLOW_PER_KIND}"
 
 
@@ -348,7 +354,7 @@ def classify(exc_or_bad) -> str:
     return "MISMATCH " + ", ".join(sorted({m.quantity.split("[")[0] for m in exc_or_bad}))
 
 
-def survey(programs: int, seed: int, kinds=None) -> None:
+def survey(programs: int, seed: int, kinds=None, max_size: int = 60) -> None:
     """Run `programs` generated programs through every pipeline kind without stopping; group failures."""
     kinds = kinds or KINDS
     failures = collections.defaultdict(list)
@@ -364,8 +370,9 @@ def survey(programs: int, seed: int, kinds=None) -> None:
     @settings(max_examples=programs, deadline=None, derandomize=False, database=None,
               phases=[Phase.generate], suppress_health_check=list(HealthCheck))
     @hyp_seed(seed)
-    @given(G.programs(), st.data())
+    @given(G.programs(max_size=max_size), st.data())
     def one(program, data):
+        t1 = time.time()
         try:
             ref = Reference(program)
         except IllConditioned:
@@ -385,7 +392,8 @@ def survey(programs: int, seed: int, kinds=None) -> None:
                     counts["ok"] += 1
             except Exception as e:  # noqa: BLE001
                 record(classify(e), program, pipeline, traceback.format_exc(limit=-4))
-        print(f"[{time.time() - t0:.0f}s] {sum(counts[k] for k in kinds)} checks, {len(failures)} classes", flush=True)
+        print(f"[{time.time() - t0:.0f}s] {sum(counts[k] for k in kinds)} checks, {len(failures)} classes; "
+              f"last: {program.kind} size {G.size(program)} in {time.time() - t1:.0f}s", flush=True)
 
     one()
     print(f"{sum(counts[k] for k in kinds)} checks in {time.time() - t0:.0f}s: {dict(counts)}")
@@ -401,5 +409,42 @@ if __name__ == "__main__":
     ap.add_argument("--programs", type=int, default=50)
     ap.add_argument("--seed", type=int, default=SEED)
     ap.add_argument("--kinds", nargs="*", default=None)
+    ap.add_argument("--max-size", type=int, default=60)
     a = ap.parse_args()
-    survey(a.programs, a.seed, a.kinds)
+    survey(a.programs, a.seed, a.kinds, a.max_size)
+
+
+# =========================================================================== the validator is not vacuous
+def _broken_pass(rules):
+    from ttt_compile.ir.interpreter import rewrite
+
+    def broken(closed):
+        return rewrite(closed, rules)
+    return broken
+
+
+def _inline_custom_rules(interp, eqn, invals):
+    """A miscompile of the gradient only: a custom_jvp/custom_vjp replaced by its primal program."""
+    return interp.eval_closed(eqn.params["call_jaxpr"], invals)
+
+
+def _nudge_tanh(interp, eqn, invals):
+    """A miscompile of the values by one part in 1e7: tanh(x) * (1 + 1e-7)."""
+    return [interp.bind(eqn, invals)[0] * (1 + 1e-7)]
+
+
+CANARY = G.Program("layer", (G.LayerSpec(heads=2, dh=3, steps=2, batching="full", chunk=1, init="learned",
+                                         decoder_ln=False, optimizer="sgd", schedule="const", lr=0.2,
+                                         ops=(("linear",), ("act", "tanh"), ("act", "half_grad"),
+                                              ("act", "clip_grad"))),), n=5, seed=7)
+
+
+def test_the_validator_catches_miscompiles():
+    """The comparison sees a value error of 1e-7 relative, and gradient-only errors (custom rules lost)."""
+    ref = Reference(CANARY)
+    assert check(CANARY, ["lower"], ref, jit=True) == []
+    bad = check(CANARY, [_broken_pass({P.custom_vjp_call_p: _inline_custom_rules,
+                                       P.custom_jvp_call_p: _inline_custom_rules}), "lower"], ref)
+    assert bad and all("grad" in m.quantity for m in bad), bad
+    bad = check(CANARY, [_broken_pass({P.tanh_p: _nudge_tanh}), "lower"], ref)
+    assert any("value" in m.quantity for m in bad), bad
