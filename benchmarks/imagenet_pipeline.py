@@ -67,7 +67,7 @@ def time_transform(fn, items, seed: int = 0) -> dict:
 
 
 def measure(images: int, log=print) -> dict:
-    from ttt_compile import data
+    from ttt_compile.training import data
     from ttt_compile.configs import load_config
     with tempfile.TemporaryDirectory() as tmp:
         per_class = max(1, images // len(CLASSES))

@@ -7,7 +7,8 @@ import pytest
 
 from ttt_compile.benchmarks.imagenet_pipeline import make_folder
 from ttt_compile.configs import load_config
-from ttt_compile.train import read_metrics, train
+from ttt_compile.training.metrics import read_metrics
+from ttt_compile.training.trainer import train
 
 SCALED = {  # recipe -> what shrinks (everything else, augmentation and optimiser included, is the paper's)
     "vit_s16_imagenet": dict(image_size=32, patch=8, width=24, depth=1, heads=3, mlp_dim=48),
@@ -39,7 +40,7 @@ def test_paper_recipe_scaled_down_trains_on_a_generated_imagenet_folder(recipe, 
 
 
 def test_generated_folder_layout_and_pipeline_timer(tmp_path):
-    from ttt_compile import data
+    from ttt_compile.training import data
     from ttt_compile.benchmarks.imagenet_pipeline import time_transform
     from ttt_compile.configs import Config
     root = make_folder(tmp_path, per_class={"train": 2, "val": 1}, classes=("a", "b"), sizes=((20, 10), (10, 30)))
