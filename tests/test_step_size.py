@@ -5,6 +5,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import os
+import subprocess
+import sys
+
 import pytest
 
 import ttt_compile as tc
@@ -54,6 +58,23 @@ def _cases():
     return out
 
 
+ISOLATED = os.environ.get("TTT_COMPILE_ISOLATED") == "1"
+
+
+def test_learned_step_size_cases_in_a_fresh_process(request):
+    """The cases below run in a child process.  In the full suite (after ~200 tests in one process) XLA's
+    CPU compiler segfaulted twice inside one of them (backend_compile_and_load); alone they pass.  Until
+    that crash is understood they run isolated, so a native crash cannot take the suite down with it."""
+    if ISOLATED:
+        pytest.skip("this is the child")
+    markexpr = request.config.option.markexpr or "not slow"
+    r = subprocess.run([sys.executable, "-X", "faulthandler", "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "-m", markexpr, __file__, "-k", "test_every_pass_keeps_a_learned_step_size"],
+                       env={**os.environ, "TTT_COMPILE_ISOLATED": "1"}, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]      # 5 would be "no tests ran"
+
+
+@pytest.mark.skipif(not ISOLATED, reason="run in a fresh process by test_learned_step_size_cases_in_a_fresh_process")
 @pytest.mark.parametrize("preset,eta,batching,passes", _cases())
 def test_every_pass_keeps_a_learned_step_size(preset, eta, batching, passes):
     with jax.enable_x64(True):
