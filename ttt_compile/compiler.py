@@ -135,12 +135,30 @@ def trace(model, *args) -> tuple[ClosedJaxpr, Any, Any, Any]:
     return closed, params, a_tree, out_tree[0]
 
 
-def compile(model: Callable, *args, passes="default") -> Compiled:  # noqa: A001 - the public name
+def with_remat_budget(pipeline: list[tuple[str, Callable]], budget: int) -> list[tuple[str, Callable]]:
+    """The pipeline with the `remat` stage's `budget` option set (its other options kept)."""
+    if not any(name == "remat" for name, _ in pipeline):
+        raise SpecError("tc.compile: remat_budget is given but the pipeline has no 'remat' pass; "
+                        "add 'remat' to passes (it must run before unroll/sgd_batch/lower)")
+    out = []
+    for name, fn in pipeline:
+        if name == "remat":
+            options = dict(fn.keywords) if isinstance(fn, functools.partial) else {}
+            fn = P.get("remat", **{**options, "budget": budget})
+        out.append((name, fn))
+    return out
+
+
+def compile(model: Callable, *args, passes="default", remat_budget: int | None = None) -> Compiled:  # noqa: A001
     """Trace `model(*args)` (any eqx.Module, TTT layers anywhere inside), run `passes`, return a
-    `Compiled` module.  A `lower` stage is appended if a ttt_loop survives the given passes."""
+    `Compiled` module.  A `lower` stage is appended if a ttt_loop survives the given passes.
+    `remat_budget` (bytes of compiled training-step temp memory) sets the `remat` pass's budget: each
+    inner loop gets the least-recompute storage scheme whose measured program fits (passes.remat)."""
     if not callable(model):
         raise SpecError(f"tc.compile: model must be callable (an eqx.Module), got {type(model).__name__}")
     pipeline = resolve(passes)
+    if remat_budget is not None:
+        pipeline = with_remat_budget(pipeline, remat_budget)
     closed, params, a_tree, out_tree = trace(model, *args)
     stages = [("trace", closed, ())]
     order = P.check_order([name for name, _ in pipeline])
