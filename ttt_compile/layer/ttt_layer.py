@@ -27,7 +27,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ttt_compile.ir.primitive import ttt_loop
 
-from .inner_steps import as_compute, batch_step, online_step, reconstruction_loss, token_loss
+from .inner_steps import as_compute, batch_step, chunked_map, online_step, reconstruction_loss, token_loss
 from .learners import NonParametric
 from .outer_maps import Decoder, Output, Project, StepSize, decode
 from .spec import Inner, Reconstruction, SpecError
@@ -258,9 +258,21 @@ class TTTLayer(eqx.Module):
                              schedule="online", init=self.init, num_weights=nw)
             return ys.reshape(n, -1)
         consts, xs = self._loop_inputs(dec, w, k, x)
-        (WT, _), _ = ttt_loop(batch_step(opt, static, scale, compute), consts, carry, xs, steps=steps,
+        tc = self._token_chunk(n)
+        (WT, _), _ = ttt_loop(batch_step(opt, static, scale, compute, tc), consts, carry, xs, steps=steps,
                               schedule=self.inner.batching, init=self.init, num_weights=nw)
-        return jax.vmap(lambda qj: eqx.combine(as_compute(WT, compute), static)(qj))(q)
+        f = eqx.combine(as_compute(WT, compute), static)
+        return chunked_map(jax.vmap(f), q, tc)
+
+    def _token_chunk(self, n: int) -> int | None:
+        """Inner.token_chunk, checked against n and the n/T tokens of an SGD step."""
+        c = self.inner.token_chunk
+        _, b = self.inner.blocks(n)
+        if c is not None and (n % c or (b > c and b % c)):
+            raise SpecError(f"Inner.token_chunk={c} must divide the sequence length n={n}"
+                            + (f" and the {b} tokens of each SGD step" if b != n else "")
+                            + "; pick a common divisor or token_chunk=None")
+        return c
 
     def _weights_sequence(self, W0, dec, w, k, x):
         """W_0..W_T of one head (reference path only, inputs already in the inner dtype), stacked on a
@@ -269,7 +281,7 @@ class TTTLayer(eqx.Module):
         compute = self._compute()
         opt, static = self.inner.optimizer, as_compute(self.inner_model(), compute)
         consts, xs = self._loop_inputs(dec, w, k, x)
-        step = batch_step(opt, static, self.loss_scale, compute)
+        step = batch_step(opt, static, self.loss_scale, compute, self._token_chunk(x.shape[0]))
 
         def keep(carry, xt):
             new, _ = step(consts, carry, xt)
