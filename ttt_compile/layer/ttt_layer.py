@@ -254,6 +254,9 @@ class TTTLayer(eqx.Module):
         nw = len(jax.tree_util.tree_leaves(W0))
         if self.inner.batching == "online":
             consts, xs = self._loop_inputs(dec, w, k, x, q)
+            G, _, ln = dec
+            if ln is None:                  # linear decoder: M = G^T G once (inner_steps.decoder_grad)
+                consts = (consts[0], {**consts[1], "M": G.T @ G})
             _, ys = ttt_loop(online_step(opt, static, scale, compute), consts, carry, xs, steps=steps,
                              schedule="online", init=self.init, num_weights=nw)
             return ys.reshape(n, -1)
