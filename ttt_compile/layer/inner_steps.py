@@ -96,40 +96,44 @@ def batch_step(opt: optax.GradientTransformation, static, scale: float = 1.0, co
     return step
 
 
-def decoder_grad(G: Float[Array, "d dh"], ln, c=None, M=None):
-    """e(z, x) = d/dz 1/2 ||g(z) - x||^2, the error the learner's gradient pulls back (grad_W l =
-    (dz/dW)^T e).  For a linear decoder g(z) = G z + c (no LN) it is G^T (G z + c - x) = M z + G^T (c - x)
-    with M = G^T G (d_h x d_h; pass it to form it once per sequence, not per step): per token
-    2 d_h^2 + 2 d d_h multiply-adds instead of 4 d d_h (a decode and its transpose); with LN, AD of
-    the decoder."""
-    if ln is not None:
-        return lambda z, x: jax.grad(lambda z: token_loss(decode(G, ln, z, c), x))(z)
-    M = G.T @ G if M is None else M
+def linear_decoder_terms(G: Float[Array, "d dh"], c, x: Float[Array, "n d"]) -> tuple[Array, Array]:
+    """(M, v) with M = G^T G and v_i = G^T (x_i - c), for every token at once.  For a linear decoder
+    g(z) = G z + c (no LN) the error the learner's gradient pulls back is
 
-    def e(z, x):
-        r = x if c is None else x - c
-        return M @ z.astype(M.dtype) - G.T @ r
-    return e
+        e_i = d/dz 1/2 ||G z + c - x_i||^2 = G^T (G z + c - x_i) = M z - v_i,
+
+    per token 2 d_h^2 multiply-adds on top of v (which costs what linear attention's values cost),
+    instead of a decode and its transpose (4 d d_h)."""
+    return G.T @ G, (x if c is None else x - c) @ G
+
+
+def decoder_error(G, ln, c, d: dict):
+    """(e(z, t_i), the per-token targets t): M z - v_i when the data holds the linear decoder's (M, v)
+    (`linear_decoder_terms`), else AD of 1/2 ||g(z) - x_i||^2 through the decoder."""
+    if "M" in d:
+        M = d["M"]
+        return (lambda z, v: M @ z.astype(M.dtype) - v), d["v"]
+    return (lambda z, x: jax.grad(lambda z: token_loss(decode(G, ln, z, c), x))(z)), d["x"]
 
 
 def online_step(opt: optax.GradientTransformation, static, scale: float = 1.0, compute=None):
     """One causal chunk of b tokens starting from weights W:
     g_i = grad scale * w_i/2 ||g(f(k_i; W)) - x_i||^2,  W_i = W + update(sum_{j<=i} g_j),  y_i = f(q_i; W_i);
-    the chunk hands W_b (and its optimizer state) to the next chunk."""
+    the chunk hands W_b (and its optimizer state) to the next chunk.  g_i = (dz/dW)^T e_i, the error
+    e_i from `decoder_error` (closed form for a linear decoder)."""
     def step(consts, carry, xt):
         (G, c, ln), d = step_data(consts, xt)
         W, s = carry
-        k, q, x = d["k"], d["q"], d["x"]
+        k, q = d["k"], d["q"]
         w = jnp.broadcast_to(d["w"], k.shape[:1]) if "w" in d else None
+        error, targets = decoder_error(G, ln, c, d)
 
-        dz = decoder_grad(G, ln, c, d.get("M"))
-
-        def one(W, ki, xi, wi):
+        def one(W, ki, ti, wi):
             z, pullback = jax.vjp(lambda W: eqx.combine(as_compute(W, compute), static)(ki), W)
-            e = dz(z, xi)
+            e = error(z, ti)
             e = e if wi is None else wi * e
             return pullback(e if scale == 1.0 else scale * e)[0]
-        grads = jax.vmap(one, in_axes=(None, 0, 0, None if w is None else 0))(W, k, x, w)
+        grads = jax.vmap(one, in_axes=(None, 0, 0, None if w is None else 0))(W, k, targets, w)
         cumulative = jax.tree.map(lambda g: jnp.cumsum(g, axis=0), grads)
         updates, states = jax.vmap(opt.update, in_axes=(0, None, None))(cumulative, s, W)
         Ws = jax.tree.map(lambda w, u: w + u, W, updates)
