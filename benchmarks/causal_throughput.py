@@ -17,8 +17,8 @@ Baselines (`models.causal.causal_linear_attention`, identity feature map, the we
     masked Q K^T within the chunk -- the standard form; chunk 64 is the fastest we measured
     (also tried: chunks 32 and 128, heads vmapped instead of batched, the prefix-sum form);
   - prefix, chunk 64: every chunk's state by a prefix sum over chunks (the earlier reference).
-MTTT-Linear: ``layers.mttt_linear(batching="online", chunk=b, lr=0.01)``, default pipeline (remat,
-dual_form, ...).
+MTTT-Linear: ``layers.mttt_linear(batching="online", chunk=b, lr=0.01)``, default pipeline (remat
+"sqrt", dual_form, ...), and chunk 16 without remat (what the sqrt scheme's recompute costs).
 
     python -m ttt_compile.benchmarks.causal_throughput [--n 4096] [--rounds 9] [--out DIR]
 """
@@ -36,6 +36,7 @@ import jax.numpy as jnp
 
 import ttt_compile as tc
 from ttt_compile import cost
+from ttt_compile.compiler import DEFAULT
 from ttt_compile.models import layers
 from ttt_compile.models.causal import causal_linear_attention
 
@@ -52,13 +53,14 @@ def models(x) -> dict:
     def la(chunk, form):
         return causal_linear_attention(dim=DIM, heads=HEADS, key=key, chunk=chunk, form=form)
 
-    def mttt(chunk):
+    def mttt(chunk, passes="default"):
         layer = layers.mttt_linear(dim=DIM, heads=HEADS, key=key, batching="online", chunk=chunk, lr=ETA)
-        return tc.compile(layer, x)
+        return tc.compile(layer, x, passes=passes)
     return {BASELINE: la(64, "scan"),
             "causal linear attention, scan, chunk 16": la(16, "scan"),
             "causal linear attention, prefix, chunk 64": la(64, "prefix"),
             "MTTT-Linear, chunk 16, default pipeline": mttt(16),
+            "MTTT-Linear, chunk 16, default pipeline without remat": mttt(16, [p for p in DEFAULT if p != "remat"]),
             "MTTT-Linear, chunk 64, default pipeline": mttt(64)}
 
 
