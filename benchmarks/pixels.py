@@ -11,9 +11,14 @@ training step (12 blocks, batch 1) as ``ttt-compile bench --device`` runs it, co
 Pipelines: ``tc.compile(layer, x, passes=...)`` with the default pipeline without ``remat``, and
 with ``remat`` forced to the per-step scheme (``("remat", {"scheme": "step"})``; the default
 choice leaves T = 1 loops and SGD loops alone). Layers: linear attention (the O(n) reference),
-MTTT-Linear, MTTT-MLP T=1, MTTT-MLP SGD T=4 and self-attention.
+MTTT-Linear, MTTT-MLP T=1, MTTT-MLP SGD T=4 (each also with ``token_chunk=784``: the loss and the
+queries' outputs evaluated 784 tokens at a time, each chunk rematerialised; 784 divides n and the
+n/4 tokens of an SGD step) and self-attention.
 
-    python -m ttt_compile.benchmarks.pixels [--n 50176] [--out benchmarks/results/pixels]
+Time cost of token_chunk (``--time N``): the training step of MTTT-MLP with and without
+token_chunk at n = N, run and timed interleaved in one process (`benchmarks.timing`).
+
+    python -m ttt_compile.benchmarks.pixels [--n 50176] [--time N] [--reuse-model] [--out DIR]
 """
 from __future__ import annotations
 
@@ -34,12 +39,16 @@ from ttt_compile.models import layers
 
 DIM, HEADS, DEPTH = 192, 3, 12            # ViT-Ti
 N = 224 * 224
+TOKEN_CHUNK = 784                         # divides n = 50176 (64 chunks) and an SGD step's n/4 (16)
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "pixels"
 LAYERS = {
     "linear attention": ("linear_attention", {}),
     "MTTT-Linear": ("mttt_linear", {}),
     "MTTT-MLP T=1": ("mttt_mlp", {"steps": 1}),
+    f"MTTT-MLP T=1, token_chunk={TOKEN_CHUNK}": ("mttt_mlp", {"steps": 1, "token_chunk": TOKEN_CHUNK}),
     "MTTT-MLP SGD T=4": ("mttt_mlp", {"steps": 4, "batching": "sgd"}),
+    f"MTTT-MLP SGD T=4, token_chunk={TOKEN_CHUNK}": ("mttt_mlp", {"steps": 4, "batching": "sgd",
+                                                                  "token_chunk": TOKEN_CHUNK}),
     "self-attention": ("self_attention", {}),
 }
 WITHOUT_REMAT = tuple(p for p in DEFAULT if p != "remat")
@@ -64,6 +73,33 @@ def step_memory(layer, n: int, passes) -> dict:
     return {"temp_bytes": int(ma.temp_size_in_bytes),
             "argument_output_bytes": int(ma.argument_size_in_bytes + ma.output_size_in_bytes),
             "compile_s": time.perf_counter() - t0, "notes": notes}
+
+
+def time_cost(n: int, rounds: int = 7, log=print) -> dict:
+    """Seconds per training step of MTTT-MLP (T=1 and SGD T=4, default pipeline) with and without
+    token_chunk at n tokens, timed interleaved in one process; ratio = median over rounds."""
+    from . import timing
+    x = jax.random.normal(jax.random.PRNGKey(1), (n, DIM), jnp.float32)
+    thunks, clusters = {}, []
+    for variant, options in (("T=1", {"steps": 1}), ("SGD T=4", {"steps": 4, "batching": "sgd"})):
+        names = []
+        for chunk in (None, TOKEN_CHUNK):
+            layer = layers.mttt_mlp(dim=DIM, heads=HEADS, key=jax.random.PRNGKey(0), token_chunk=chunk, **options)
+            params, static = eqx.partition(tc.compile(layer, x), eqx.is_inexact_array)
+            step = jax.jit(jax.value_and_grad(lambda p, x, static=static: jnp.sum(jnp.sin(eqx.combine(p, static)(x)))))
+            name = f"{variant}, token_chunk={chunk}"
+            thunks[name] = (lambda step=step, params=params: step(params, x))
+            names.append(name)
+        clusters.append(names)
+    times = timing.interleaved(thunks, rounds, min_block_s=0.3, clusters=clusters)
+    rows = []
+    for base, chunked in clusters:
+        r = {"variant": base.split(",")[0], "n": n, "s_without": timing.median(times[base]),
+             "s_with": timing.median(times[chunked]), "ratio": timing.ratio(times[chunked], times[base]),
+             "ratio_iqr": list(timing.ratio_quartiles(times[chunked], times[base]))}
+        rows.append(r)
+        log(f"  time MTTT-MLP {r['variant']} n={n}: token_chunk / none = {r['ratio']:.3f}")
+    return {"n": n, "rounds": rounds, "token_chunk": TOKEN_CHUNK, "rows": rows}
 
 
 def model_memory(name: str) -> dict:
@@ -118,7 +154,9 @@ def markdown(result: dict) -> str:
     if result.get("model"):
         lines += ["", f"Whole ViT-Ti training step at 224 x 224 raw pixels (n = 50,176), batch 1, as "
                   "`ttt-compile bench --device` runs it: bf16 compute, f32 master weights, AdamW, TTT layers "
-                  f"compiled with the default pipeline (remat included), {DEPTH} blocks, no block rematerialisation:",
+                  f"compiled with the default pipeline (remat included), {DEPTH} blocks, no block rematerialisation"
+                  + (f" (these rows compiled {result['model_date']}, token_chunk not set)" if result.get("model_date") else "")
+                  + ":",
                   "",
                   "| layer | temp memory per image | arguments + outputs | compile s |", "| --- | ---: | ---: | ---: |"]
         for r in result["model"]:
@@ -127,6 +165,15 @@ def markdown(result: dict) -> str:
             else:
                 lines.append(f"| {r['layer']} | {r['temp_bytes'] / 2**30:.2f} GiB | "
                              f"{r['argument_output_bytes'] / 2**20:.0f} MiB | {r['compile_s']:.0f} |")
+    if result.get("time"):
+        t = result["time"]
+        lines += ["", f"Time cost of token_chunk={t['token_chunk']}: MTTT-MLP training step (default pipeline) run at "
+                  f"n = {t['n']:,} on this CPU (loaded: 2 cores shared by 4 jobs), {t['rounds']} interleaved rounds "
+                  f"({t['date']}):", "",
+                  "| layer | s / step without | s / step with | with / without (IQR) |", "| --- | ---: | ---: | ---: |"]
+        for r in t["rows"]:
+            lines.append(f"| MTTT-MLP {r['variant']} | {r['s_without']:.3f} | {r['s_with']:.3f} | {r['ratio']:.2f} "
+                         f"({r['ratio_iqr'][0]:.2f}-{r['ratio_iqr'][1]:.2f}) |")
     lines += ["", "Pass notes (remat):"]
     for r in rows:
         for note in r["notes"]:
@@ -141,9 +188,13 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--model", action="store_true", help="also compile the whole ViT-Ti step (n = 50176)")
     parser.add_argument("--reuse-layers", action="store_true", help="keep the layer rows of OUT/pixels.json")
+    parser.add_argument("--reuse-model", action="store_true", help="keep the whole-model rows of OUT/pixels.json")
+    parser.add_argument("--time", type=int, default=None, metavar="N",
+                        help="also time the training step with and without token_chunk at n = N tokens")
     args = parser.parse_args(argv)
     command = "python -m ttt_compile.benchmarks.pixels" + (f" --n {args.n}" if args.n != N else "") + (
-        " --model" if args.model else "") + (" --reuse-layers" if args.reuse_layers else "")
+        " --model" if args.model else "") + (" --reuse-layers" if args.reuse_layers else "") + (
+        " --reuse-model" if args.reuse_model else "") + (f" --time {args.time}" if args.time else "")
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "command": command, "machine": f"{platform.machine()} CPU", "jax": jax.__version__,
               "dim": DIM, "heads": HEADS, "n": args.n, "default_pipeline": list(DEFAULT)}
@@ -152,6 +203,12 @@ def main(argv=None) -> int:
         result.update(rows=old["rows"], layers_command=old["command"], layers_date=old["date"])
     else:
         result["rows"] = table(args.n)
+    if args.reuse_model:
+        old = json.loads((args.out / "pixels.json").read_text())
+        result.update({k: old[k] for k in ("model", "model_date") if k in old})
+    if args.time:
+        result["time"] = {**time_cost(args.time),
+                          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     if args.model:
         result["model"] = []
         for name in MODEL_LAYERS:

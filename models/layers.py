@@ -124,7 +124,8 @@ def linear_attention(*, dim: int, heads: int, key: PRNGKeyArray, feature_map: st
 
 
 _TTT_OPTIONS = {"steps": 1, "batching": "full", "chunk": 1, "lr": 1.0, "decoder_ln": False, "init": "zero",
-                "optimizer": None, "parametrisation": "released", "bias": None, "eta": "fixed", "eta_base": 1.0, "inner_dtype": None}
+                "optimizer": None, "parametrisation": "released", "bias": None, "eta": "fixed", "eta_base": 1.0, "inner_dtype": None,
+                "token_chunk": None}
 
 
 def task_for(parametrisation: str, decoder_ln: bool, bias: bool | None) -> Reconstruction:
@@ -143,13 +144,14 @@ def _ttt(name, learner, dim, heads, key, options, **defaults) -> TTTLayer:
     opt = o["optimizer"] if o["optimizer"] is not None else optax.sgd(o["lr"])
     return TTTLayer(dim, heads, learner, init=o["init"], task=task_for(o["parametrisation"], o["decoder_ln"], o["bias"]),
                     inner=Inner(steps=o["steps"], batching=o["batching"], chunk=o["chunk"], optimizer=opt,
-                                eta=o["eta"], eta_base=o["eta_base"], dtype=o["inner_dtype"]),
+                                eta=o["eta"], eta_base=o["eta_base"], dtype=o["inner_dtype"],
+                                token_chunk=o["token_chunk"]),
                     key=key)
 
 
 def mttt_linear(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:
     """MTTT-Linear: f(z; W) = W z, W0 = 0 (options: steps, batching, chunk, lr, decoder_ln, init, optimizer,
-    parametrisation, bias, eta, eta_base, inner_dtype = Inner.dtype)."""
+    parametrisation, bias, eta, eta_base, inner_dtype = Inner.dtype, token_chunk = Inner.token_chunk)."""
     _check_dims(dim, heads)
     return _ttt("mttt_linear", Linear(dim // heads), dim, heads, key, options)
 

@@ -136,6 +136,20 @@ def trace(model, *args) -> tuple[ClosedJaxpr, Any, Any, Any]:
     return closed, params, a_tree, out_tree[0]
 
 
+def with_remat_budget(pipeline: list[tuple[str, Callable]], budget: int) -> list[tuple[str, Callable]]:
+    """The pipeline with the `remat` stage's `budget` option set (its other options kept)."""
+    if not any(name == "remat" for name, _ in pipeline):
+        raise SpecError("tc.compile: remat_budget is given but the pipeline has no 'remat' pass; "
+                        "add 'remat' to passes (it must run before unroll/sgd_batch/lower)")
+    out = []
+    for name, fn in pipeline:
+        if name == "remat":
+            options = dict(fn.keywords) if isinstance(fn, functools.partial) else {}
+            fn = P.get("remat", **{**options, "budget": budget})
+        out.append((name, fn))
+    return out
+
+
 def with_inner_dtype(model, dtype: str):
     """`model` with `Inner.dtype = dtype` in every parametric TTTLayer it holds (as a pytree node):
     "float32", "bfloat16" (fast weights, gradients, updates and matmuls in bf16) or "mixed" (f32 fast
@@ -157,17 +171,22 @@ def with_inner_dtype(model, dtype: str):
     return out
 
 
-def compile(model: Callable, *args, passes="default", inner_dtype: str | None = None) -> Compiled:  # noqa: A001
+def compile(model: Callable, *args, passes="default", inner_dtype: str | None = None,  # noqa: A001
+            remat_budget: int | None = None) -> Compiled:
     """Trace `model(*args)` (any eqx.Module, TTT layers anywhere inside), run `passes`, return a
     `Compiled` module.  A `lower` stage is appended if a ttt_loop survives the given passes.
 
     `inner_dtype` ("float32" | "bfloat16" | "mixed"), optional, overrides `Inner.dtype` of every TTT
-    layer in the model for this program (same parameters; the outputs keep the input's dtype)."""
+    layer in the model for this program (same parameters; the outputs keep the input's dtype).
+    `remat_budget` (bytes of compiled training-step temp memory) sets the `remat` pass's budget: each
+    inner loop gets the least-recompute storage scheme whose measured program fits (passes.remat)."""
     if not callable(model):
         raise SpecError(f"tc.compile: model must be callable (an eqx.Module), got {type(model).__name__}")
     if inner_dtype is not None:
         model = with_inner_dtype(model, inner_dtype)
     pipeline = resolve(passes)
+    if remat_budget is not None:
+        pipeline = with_remat_budget(pipeline, remat_budget)
     closed, params, a_tree, out_tree = trace(model, *args)
     stages = [("trace", closed, ())]
     order = P.check_order([name for name, _ in pipeline])

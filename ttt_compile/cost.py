@@ -11,9 +11,11 @@ compiled program) nothing is added.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 from jax.extend.core import ClosedJaxpr, jaxpr_as_fun, jaxprs_in_params, primitives
 
 from .ir.jaxpr_utils import count_eqns
@@ -77,3 +79,63 @@ def measure(closed: ClosedJaxpr) -> Cost:
 def of(fn: Callable, *args) -> Cost:
     """Cost of `fn(*args)` (traced with jax.make_jaxpr)."""
     return measure(jax.make_jaxpr(fn)(*args))
+
+
+_TRAIN_TEMP: dict[str, int] = {}          # program text -> measured bytes (programs recur across passes)
+
+
+def train_temp_bytes(closed: ClosedJaxpr) -> int:
+    """Compiled temp memory (XLA `memory_analysis().temp_size_in_bytes`) of the program's training
+    step: ``value_and_grad`` of ``sum(sin(outputs))`` w.r.t. every inexact input (the backward pass
+    is what stores an inner loop's steps).  A program without inexact inputs or outputs has no
+    backward pass: its forward program is measured.  Compiled, never run."""
+    key = str(closed)
+    if key in _TRAIN_TEMP:
+        return _TRAIN_TEMP[key]
+    fun = jaxpr_as_fun(closed)
+    avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed.in_avals]
+    diff = [i for i, a in enumerate(avals) if jnp.issubdtype(a.dtype, jnp.inexact)]
+    inexact_out = [i for i, a in enumerate(closed.out_avals) if jnp.issubdtype(a.dtype, jnp.inexact)]
+
+    def loss(d, rest):
+        args = list(rest)
+        for i, v in zip(diff, d):
+            args[i] = v
+        outs = fun(*args)
+        return sum(jnp.sum(jnp.sin(outs[i])).astype(jnp.float32) for i in inexact_out)
+
+    if diff and inexact_out:
+        rest = [None if i in diff else a for i, a in enumerate(avals)]
+        lowered = jax.jit(jax.value_and_grad(loss)).lower([avals[i] for i in diff], rest)
+    else:
+        lowered = jax.jit(fun).lower(*avals)
+    ma = lowered.compile().memory_analysis()
+    if ma is None:
+        raise RuntimeError("XLA gave no memory analysis for this backend")
+    if len(_TRAIN_TEMP) > 512:
+        _TRAIN_TEMP.clear()
+    _TRAIN_TEMP[key] = int(ma.temp_size_in_bytes)
+    return _TRAIN_TEMP[key]
+
+
+def stored_bytes(closed: ClosedJaxpr) -> int:
+    """Bytes the training step's backward pass stores for `closed`: the residuals of ``jax.vjp`` of
+    the program w.r.t. its inexact inputs (the primal inputs it keeps included), counted by tracing
+    alone (``jax.eval_shape``; nothing compiled, nothing run).  Stored bytes add up over the parts
+    of a program, unlike compiled temp memory; they leave out what a rematerialised step
+    recomputes transiently in the backward pass."""
+    fun = jaxpr_as_fun(closed)
+    avals = [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in closed.in_avals]
+    diff = [i for i, a in enumerate(avals) if jnp.issubdtype(a.dtype, jnp.inexact)]
+
+    def residuals(d, rest):
+        def f(*d):
+            args = list(rest)
+            for i, v in zip(diff, d):
+                args[i] = v
+            return fun(*args)
+        return jax.vjp(f, *d)[1]
+
+    rest = [None if i in diff else a for i, a in enumerate(avals)]
+    leaves = jax.tree_util.tree_leaves(jax.eval_shape(residuals, [avals[i] for i in diff], rest))
+    return int(sum(math.prod(x.shape) * x.dtype.itemsize for x in leaves if hasattr(x, "dtype")))

@@ -28,16 +28,44 @@ def token_loss(pred: Float[Array, " d"], x: Float[Array, " d"]) -> Float[Array, 
     return 0.5 * jnp.sum((pred - x) ** 2)
 
 
+def chunked_sum(fn, arrays: list, chunk: int | None):
+    """sum_c fn(*arrays[c]) over consecutive chunks c of `chunk` rows (= fn(*arrays) for a sum over rows),
+    each chunk under jax.checkpoint in a lax.scan: its backward pass recomputes one chunk at a time."""
+    n = arrays[0].shape[0]
+    if chunk is None or n <= chunk:
+        return fn(*arrays)
+    body = jax.checkpoint(fn)
+    xs = [a.reshape(n // chunk, chunk, *a.shape[1:]) for a in arrays]
+    total, _ = jax.lax.scan(lambda acc, a: (acc + body(*a), None), jnp.zeros((), arrays[0].dtype), xs)
+    return total
+
+
+def chunked_map(fn, a, chunk: int | None):
+    """fn over consecutive chunks of `chunk` rows of a, concatenated (= fn(a) for a row-wise fn), each
+    chunk under jax.checkpoint in a lax.map."""
+    n = a.shape[0]
+    if chunk is None or n <= chunk:
+        return fn(a)
+    out = jax.lax.map(jax.checkpoint(fn), a.reshape(n // chunk, chunk, *a.shape[1:]))
+    return out.reshape(n, *out.shape[2:])
+
+
 def reconstruction_loss(W, static, G, ln, k: Float[Array, "b dh"], x: Float[Array, "b d"], c=None, *,
-                        scale: float = 1.0, w=None) -> Float[Array, ""]:
+                        scale: float = 1.0, w=None, chunk: int | None = None) -> Float[Array, ""]:
     """l(W; X) = scale/(2b) sum_i w_i ||g(f(k_i; W)) - x_i||^2 over the b tokens given (w_i = 1 if w is None;
-    w is one weight per token or one scalar)."""
+    w is one weight per token or one scalar); with `chunk`, the sum over i runs `chunk` tokens at a
+    time (`chunked_sum`)."""
     f = eqx.combine(W, static)
-    pred = jax.vmap(lambda ki: decode(G, ln, f(ki), c))(k)
-    per_token = jnp.sum((pred - x) ** 2, axis=-1)
-    if w is not None:
-        per_token = w * per_token
-    loss = 0.5 * jnp.mean(per_token)
+    per_token_w = w is not None and jnp.ndim(w) > 0
+
+    def part(k, x, *wt):
+        pred = jax.vmap(lambda ki: decode(G, ln, f(ki), c))(k)
+        per_token = jnp.sum((pred - x) ** 2, axis=-1)
+        return jnp.sum(wt[0] * per_token if wt else per_token)
+    total = chunked_sum(part, [k, x, w] if per_token_w else [k, x], chunk)
+    if w is not None and not per_token_w:
+        total = w * total
+    loss = 0.5 * total / k.shape[0]
     return loss if scale == 1.0 else scale * loss
 
 
@@ -54,33 +82,58 @@ def as_compute(W, compute):
     return jax.tree.map(lambda w: w.astype(compute) if eqx.is_inexact_array(w) else w, W)
 
 
-def batch_step(opt: optax.GradientTransformation, static, scale: float = 1.0, compute=None):
-    """One full-batch or mini-batch step: W <- W + u, (u, s) = opt.update(grad l(W; X_t), s, W)."""
+def batch_step(opt: optax.GradientTransformation, static, scale: float = 1.0, compute=None,
+               token_chunk: int | None = None):
+    """One full-batch or mini-batch step: W <- W + u, (u, s) = opt.update(grad l(W; X_t), s, W)
+    (the loss summed `token_chunk` tokens at a time when given)."""
     def step(consts, carry, xt):
         (G, c, ln), d = step_data(consts, xt)
         W, s = carry
         grads = jax.grad(lambda W: reconstruction_loss(as_compute(W, compute), static, G, ln, d["k"], d["x"], c,
-                                                       scale=scale, w=d.get("w")))(W)
+                                                       scale=scale, w=d.get("w"), chunk=token_chunk))(W)
         updates, s = opt.update(grads, s, W)
         return (optax.apply_updates(W, updates), s), None
     return step
 
 
+def linear_decoder_terms(G: Float[Array, "d dh"], c, x: Float[Array, "n d"]) -> tuple[Array, Array]:
+    """(M, v) with M = G^T G and v_i = G^T (x_i - c), for every token at once.  For a linear decoder
+    g(z) = G z + c (no LN) the error the learner's gradient pulls back is
+
+        e_i = d/dz 1/2 ||G z + c - x_i||^2 = G^T (G z + c - x_i) = M z - v_i,
+
+    per token 2 d_h^2 multiply-adds on top of v (which costs what linear attention's values cost),
+    instead of a decode and its transpose (4 d d_h)."""
+    return G.T @ G, (x if c is None else x - c) @ G
+
+
+def decoder_error(G, ln, c, d: dict):
+    """(e(z, t_i), the per-token targets t): M z - v_i when the data holds the linear decoder's (M, v)
+    (`linear_decoder_terms`), else AD of 1/2 ||g(z) - x_i||^2 through the decoder."""
+    if "M" in d:
+        M = d["M"]
+        return (lambda z, v: M @ z.astype(M.dtype) - v), d["v"]
+    return (lambda z, x: jax.grad(lambda z: token_loss(decode(G, ln, z, c), x))(z)), d["x"]
+
+
 def online_step(opt: optax.GradientTransformation, static, scale: float = 1.0, compute=None):
     """One causal chunk of b tokens starting from weights W:
     g_i = grad scale * w_i/2 ||g(f(k_i; W)) - x_i||^2,  W_i = W + update(sum_{j<=i} g_j),  y_i = f(q_i; W_i);
-    the chunk hands W_b (and its optimizer state) to the next chunk."""
+    the chunk hands W_b (and its optimizer state) to the next chunk.  g_i = (dz/dW)^T e_i, the error
+    e_i from `decoder_error` (closed form for a linear decoder)."""
     def step(consts, carry, xt):
         (G, c, ln), d = step_data(consts, xt)
         W, s = carry
-        k, q, x = d["k"], d["q"], d["x"]
+        k, q = d["k"], d["q"]
         w = jnp.broadcast_to(d["w"], k.shape[:1]) if "w" in d else None
+        error, targets = decoder_error(G, ln, c, d)
 
-        def one(W, ki, xi, wi):
-            loss = token_loss(decode(G, ln, eqx.combine(as_compute(W, compute), static)(ki), c), xi)
-            loss = loss if wi is None else wi * loss
-            return loss if scale == 1.0 else scale * loss
-        grads = jax.vmap(jax.grad(one), in_axes=(None, 0, 0, None if w is None else 0))(W, k, x, w)
+        def one(W, ki, ti, wi):
+            z, pullback = jax.vjp(lambda W: eqx.combine(as_compute(W, compute), static)(ki), W)
+            e = error(z, ti)
+            e = e if wi is None else wi * e
+            return pullback(e if scale == 1.0 else scale * e)[0]
+        grads = jax.vmap(one, in_axes=(None, 0, 0, None if w is None else 0))(W, k, targets, w)
         cumulative = jax.tree.map(lambda g: jnp.cumsum(g, axis=0), grads)
         updates, states = jax.vmap(opt.update, in_axes=(0, None, None))(cumulative, s, W)
         Ws = jax.tree.map(lambda w, u: w + u, W, updates)

@@ -95,6 +95,11 @@ class Inner:
                weights, their gradients, optimizer state and updates, and every matmul in bf16;
                "mixed": fast weights, gradients, optimizer state and updates in f32, the learner's
                and decoder's matmuls on bf16 copies (W cast to bf16 where it is used).
+    token_chunk  c for batching "full"/"sgd": each step's loss sum_i l_i and the queries' outputs
+               f(q_j; W_T) are evaluated c tokens at a time, each chunk rematerialised
+               (jax.checkpoint under lax.scan/lax.map), so the outer backward pass stores per chunk
+               only its inputs and keeps one chunk's learner activations live instead of n tokens'.
+               The same math (sums reassociated by chunk); None (default): all tokens at once.
     """
 
     steps: int = 1
@@ -104,6 +109,7 @@ class Inner:
     eta: StepSizeKind = "fixed"
     eta_base: float = 1.0
     dtype: InnerDtype | None = None
+    token_chunk: int | None = None
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
@@ -120,11 +126,18 @@ class Inner:
         if (not isinstance(self.eta_base, (int, float)) or isinstance(self.eta_base, bool)
                 or not self.eta_base > 0):
             raise SpecError(f"Inner.eta_base must be a positive float, got {self.eta_base!r}")
+        if self.token_chunk is not None and (not isinstance(self.token_chunk, int) or isinstance(self.token_chunk, bool)
+                                             or self.token_chunk < 1):
+            raise SpecError(f"Inner.token_chunk must be None or a positive int, got {self.token_chunk!r}")
+        if self.token_chunk is not None and self.batching == "online":
+            raise SpecError("Inner.token_chunk is for batching 'full' or 'sgd'; an online loop already runs in "
+                            "chunks of Inner.chunk tokens")
         if self.dtype is not None and self.dtype not in INNER_DTYPES:
             raise SpecError(f"Inner.dtype must be None, {', '.join(map(repr, INNER_DTYPES))}, got {self.dtype!r}")
 
     def __hash__(self):  # optax transformations hold functions: hash by identity of the optimizer
-        return hash((self.steps, self.batching, self.chunk, id(self.optimizer), self.eta, self.eta_base, self.dtype))
+        return hash((self.steps, self.batching, self.chunk, id(self.optimizer), self.eta, self.eta_base, self.dtype,
+                     self.token_chunk))
 
     def dtypes(self) -> tuple[str, str] | None:
         """(fast-weight dtype, matmul dtype) of `dtype`, or None when the loop follows its inputs."""

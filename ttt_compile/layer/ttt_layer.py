@@ -28,7 +28,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ttt_compile.ir.primitive import ttt_loop
 
-from .inner_steps import as_compute, batch_step, online_step, reconstruction_loss, token_loss
+from .inner_steps import (as_compute, batch_step, chunked_map, linear_decoder_terms, online_step,
+                          reconstruction_loss, token_loss)
 from .learners import NonParametric
 from .outer_maps import Decoder, Output, Project, StepSize, decode
 from .spec import Inner, Reconstruction, SpecError
@@ -237,11 +238,14 @@ class TTTLayer(eqx.Module):
         state = self.learner.fit(k, labels)
         return jax.vmap(lambda qj: self.learner.predict(state, qj))(q)
 
-    def _loop_inputs(self, dec, w, k, x, q=None):
+    def _loop_inputs(self, dec, w, k, x, q=None, v=None):
         """(consts, xs) of one head's ttt_loop: the decoder and the data every step reads (consts), and
-        the data split into the loop's blocks (xs; None for batching="full").  See inner_steps."""
-        steps, b = self.inner.blocks(x.shape[0])
-        data = {"k": k, "x": x} if q is None else {"k": k, "q": q, "x": x}
+        the data split into the loop's blocks (xs; None for batching="full").  See inner_steps; `v`
+        (the linear decoder's G^T (x - c)) stands in for x when given."""
+        steps, b = self.inner.blocks(k.shape[0])
+        data = {"k": k, "x": x} if v is None else {"k": k, "v": v}
+        if q is not None:
+            data["q"] = q
         if w is not None:
             data["w"] = w
         if self.inner.batching == "full":
@@ -272,14 +276,32 @@ class TTTLayer(eqx.Module):
         carry = (W0, opt.init(W0))
         nw = len(jax.tree_util.tree_leaves(W0))
         if self.inner.batching == "online":
-            consts, xs = self._loop_inputs(dec, w, k, x, q)
+            G, c, ln = dec
+            if ln is None:            # linear decoder: M and v_i = G^T (x_i - c) for all tokens at once
+                M, v = linear_decoder_terms(G, c, x)
+                consts, xs = self._loop_inputs(dec, w, k, None, q, v=v)
+                consts = (consts[0], {**consts[1], "M": M})
+            else:
+                consts, xs = self._loop_inputs(dec, w, k, x, q)
             _, ys = ttt_loop(online_step(opt, static, scale, compute), consts, carry, xs, steps=steps,
                              schedule="online", init=self.init, num_weights=nw)
             return ys.reshape(n, -1)
         consts, xs = self._loop_inputs(dec, w, k, x)
-        (WT, _), _ = ttt_loop(batch_step(opt, static, scale, compute), consts, carry, xs, steps=steps,
+        tc = self._token_chunk(n)
+        (WT, _), _ = ttt_loop(batch_step(opt, static, scale, compute, tc), consts, carry, xs, steps=steps,
                               schedule=self.inner.batching, init=self.init, num_weights=nw)
-        return jax.vmap(lambda qj: eqx.combine(as_compute(WT, compute), static)(qj))(q)
+        f = eqx.combine(as_compute(WT, compute), static)
+        return chunked_map(jax.vmap(f), q, tc)
+
+    def _token_chunk(self, n: int) -> int | None:
+        """Inner.token_chunk, checked against n and the n/T tokens of an SGD step."""
+        c = self.inner.token_chunk
+        _, b = self.inner.blocks(n)
+        if c is not None and (n % c or (b > c and b % c)):
+            raise SpecError(f"Inner.token_chunk={c} must divide the sequence length n={n}"
+                            + (f" and the {b} tokens of each SGD step" if b != n else "")
+                            + "; pick a common divisor or token_chunk=None")
+        return c
 
     def _weights_sequence(self, W0, dec, w, k, x):
         """W_0..W_T of one head (reference path only, inputs already in the inner dtype), stacked on a
@@ -288,7 +310,7 @@ class TTTLayer(eqx.Module):
         compute = self._compute()
         opt, static = self.inner.optimizer, as_compute(self.inner_model(), compute)
         consts, xs = self._loop_inputs(dec, w, k, x)
-        step = batch_step(opt, static, self.loss_scale, compute)
+        step = batch_step(opt, static, self.loss_scale, compute, self._token_chunk(x.shape[0]))
 
         def keep(carry, xt):
             new, _ = step(consts, carry, xt)
