@@ -27,7 +27,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ttt_compile.ir.primitive import ttt_loop
 
-from .inner_steps import as_compute, batch_step, online_step, reconstruction_loss, token_loss
+from .inner_steps import (as_compute, batch_step, fold_decoder, fold_targets, online_step, reconstruction_loss,
+                          token_loss)
 from .learners import NonParametric
 from .outer_maps import Decoder, Output, Project, StepSize, decode
 from .spec import Inner, Reconstruction, SpecError
@@ -222,7 +223,11 @@ class TTTLayer(eqx.Module):
         """(consts, xs) of one head's ttt_loop: the decoder and the data every step reads (consts), and
         the data split into the loop's blocks (xs; None for batching="full").  See inner_steps."""
         steps, b = self.inner.blocks(x.shape[0])
-        data = {"k": k, "x": x} if q is None else {"k": k, "q": q, "x": x}
+        if q is None and self.task.loss_form == "gram":
+            dec, maps = fold_decoder(*dec)
+            data = {"k": k, **fold_targets(maps, x)}
+        else:
+            data = {"k": k, "x": x} if q is None else {"k": k, "q": q, "x": x}
         if w is not None:
             data["w"] = w
         if self.inner.batching == "full":
