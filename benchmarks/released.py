@@ -41,6 +41,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from unittest import mock
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -189,18 +190,13 @@ def check_same(module, variant: Variant, layer_r, params_r, prog, x) -> dict:
         g_r = {k: (jax.tree.map(jnp.zeros_like, v) if k.startswith("inner_Dense") else v) for k, v in g_r.items()}
     as_ours = from_released(jax.tree.map(np.asarray, g_r), inner_lr=variant.inner_lr, sgd=variant.sgd,
                             train_init=variant.train_init)
-    want = jax.tree_util.tree_leaves(eqx_params(as_ours))
+    want = jax.tree_util.tree_leaves(eqx.partition(as_ours, eqx.is_inexact_array)[0])
     got = jax.tree_util.tree_leaves(g_o)
     if len(want) != len(got):
         raise AssertionError(f"{variant.name}: {len(got)} gradient leaves in ours, {len(want)} in the released map")
-    y_o = jax.jit(jax.vmap(prog))(x)
+    y_o = eqx.filter_jit(lambda m, x: jax.vmap(m)(x))(prog, x)
     return {"output": rel_err(y_o, y_r), "loss": rel_err(loss_o, loss_r),
             "grads": max(rel_err(a, b) for a, b in zip(got, want))}
-
-
-def eqx_params(m):
-    import equinox as eqx
-    return eqx.partition(m, eqx.is_inexact_array)[0]
 
 
 # --------------------------------------------------------------------------- the run

@@ -98,8 +98,11 @@ def fold_targets(folded_maps: tuple, x: Float[Array, "n d"]) -> dict:
     """The per-token data of the folded loss: p_i = B^T (beta - x_i), s_i = b^T (beta - x_i),
     t_i = ||beta - x_i||^2 (see `fold_decoder`)."""
     B, b, beta = folded_maps
-    r = -x.astype(B.dtype) if beta is None else beta - x.astype(B.dtype)
-    return {"p": r @ B, "s": r @ b, "t": jnp.sum(r * r, axis=-1)}
+    x = x.astype(B.dtype)
+    xB, xb, xx = x @ B, x @ b, jnp.sum(x * x, axis=-1)    # beta - x never materialised (beta may be per head)
+    if beta is None:
+        return {"p": -xB, "s": -xb, "t": xx}
+    return {"p": beta @ B - xB, "s": beta @ b - xb, "t": beta @ beta - 2 * (x @ beta) + xx}
 
 
 def folded_sq_error(dec: FoldedDecoder, z: Float[Array, "b dh"], p, s, t) -> Float[Array, " b"]:
