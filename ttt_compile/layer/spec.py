@@ -44,7 +44,10 @@ class Reconstruction:
                    "gram" (default) folds the decoder into d_h dimensions once per head before the
                    loop (`inner_steps.fold_decoder`): each step then works with d_h x d_h Gram
                    matrices instead of decoding every token to d; "direct" decodes every token
-                   (g(z) in R^d) in every step.  Equal in real arithmetic (sums reassociated).
+                   (g(z) in R^d) in every step.  Equal in real arithmetic (sums reassociated).  "gram"
+                   applies when the inner loop computes in float32 or wider; with Inner.dtype
+                   "bfloat16"/"mixed" every token is decoded (the folded sums would lose the residual
+                   to bf16 cancellation).
 
     `Reconstruction.released(decoder_ln=...)` is the released code's parametrisation.
     """

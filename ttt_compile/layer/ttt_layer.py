@@ -223,7 +223,7 @@ class TTTLayer(eqx.Module):
         """(consts, xs) of one head's ttt_loop: the decoder and the data every step reads (consts), and
         the data split into the loop's blocks (xs; None for batching="full").  See inner_steps."""
         steps, b = self.inner.blocks(x.shape[0])
-        if q is None and self.task.loss_form == "gram":
+        if q is None and self._folds_decoder():
             dec, maps = fold_decoder(*dec)
             data = {"k": k, **fold_targets(maps, x)}
         else:
@@ -235,6 +235,13 @@ class TTTLayer(eqx.Module):
         split = {name: a for name, a in data.items() if a.ndim}            # per-token arrays are split
         shared = {name: a for name, a in data.items() if not a.ndim}       # a per-head eta is not
         return (dec, shared), {name: a.reshape(steps, b, *a.shape[1:]) for name, a in split.items()}
+
+    def _folds_decoder(self) -> bool:
+        """Whether full-batch/SGD steps use the folded decoder (Reconstruction.loss_form="gram"): only when
+        the inner loop computes in float32 or wider; with bfloat16 matmuls (Inner.dtype "bfloat16"/"mixed")
+        the folded sums would lose the residual to cancellation, so every token is decoded."""
+        compute = self._compute()
+        return self.task.loss_form == "gram" and (compute is None or jnp.finfo(compute).bits >= 32)
 
     def _compute(self):
         """The dtype the learner sees W in (Inner.dtype), or None to follow the arrays."""
