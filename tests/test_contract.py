@@ -122,8 +122,11 @@ def test_compiled_diff_shows_what_each_pass_did():
     layer = layers.mttt_linear(dim=8, heads=2, key=KEY)
     prog = tc.compile(layer, jnp.ones((4, 8)))
     unrolled = prog.diff("unroll")
-    assert (unrolled.removed, unrolled.added, unrolled.rewritten) == (1, 0, 0)
-    assert "- " in unrolled.text and "ttt_loop" in unrolled.text
+    assert unrolled.removed >= 1 and unrolled.rewritten == 0
+    removed = [line for line in unrolled.text.splitlines() if line.startswith("- ")]
+    assert any("ttt_loop" in line for line in removed)
+    names = [name for name, _, _ in prog.stages]
+    assert "ttt_loop" not in str(prog.stages[names.index("unroll")][1])
     folded = prog.diff("fold_zero_init")
     assert folded.removed > folded.added
     assert "(no change)" in str(prog.diff("cse"))

@@ -8,6 +8,11 @@ c is the task's normalisation (1, or 1/d_h for the released code's) and eta_i a 
 k (phi of the tokens), x (the tokens) and, with a learned step size, w (the eta_i: one per token, or
 one scalar); a step gets it as the union of the loop's constants and the step's slice of xs.
 
+With `Reconstruction(loss_form="gram")` (the default) a full-batch or SGD step does not decode the
+tokens to d dimensions: `fold_decoder` writes the loss of one token as a function of z = f(k; W) in
+d_h dimensions (see there), computed once per head before the loop, and the step's data carries
+the folded targets p, s, t in place of x.
+
 `compute` (a dtype or None) is the dtype the learner sees W in: W is cast to it where it is used,
 so the fast weights, their gradients and updates keep their own dtype while the matmuls run in
 `compute` (Inner.dtype="mixed").
@@ -19,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float
+
+from typing import NamedTuple
 
 from .outer_maps import decode
 
@@ -36,7 +43,8 @@ def chunked_sum(fn, arrays: list, chunk: int | None):
         return fn(*arrays)
     body = jax.checkpoint(fn)
     xs = [a.reshape(n // chunk, chunk, *a.shape[1:]) for a in arrays]
-    total, _ = jax.lax.scan(lambda acc, a: (acc + body(*a), None), jnp.zeros((), arrays[0].dtype), xs)
+    dtype = jax.eval_shape(body, *[a[0] for a in xs]).dtype
+    total, _ = jax.lax.scan(lambda acc, a: (acc + body(*a), None), jnp.zeros((), dtype), xs)
     return total
 
 
@@ -69,6 +77,92 @@ def reconstruction_loss(W, static, G, ln, k: Float[Array, "b dh"], x: Float[Arra
     return loss if scale == 1.0 else scale * loss
 
 
+class FoldedDecoder(NamedTuple):
+    """One head's decoder g(z) = LN(G z + c) folded to d_h dimensions (see `fold_decoder`); M, m, m0 are
+    None without the Decoder LN."""
+
+    A: Array
+    a: Array
+    a0: Array
+    M: Array | None
+    m: Array | None
+    m0: Array | None
+
+
+def fold_decoder(G: Float[Array, "d dh"], c, ln) -> tuple[FoldedDecoder, tuple]:
+    """The decoder folded to d_h dims: (FoldedDecoder, (B, b, beta) for `fold_targets`).
+
+    With the Decoder LN (scale gamma, offset beta, epsilon e; P = I - 11^T/d centres a vector):
+    LN(u) = Gamma P u / sigma(u) + beta, and with u = G z + c, P u = Gt z + ct (Gt = P G, ct = P c), so
+
+        ||g(z) - x||^2 = Q(z) / sigma^2 + 2 R(z; x) / sigma + ||beta - x||^2
+        Q(z)     = ||B z + b||^2 = z^T A z + 2 a^T z + a0        B = Gamma Gt, b = Gamma ct,
+                                                                 A = B^T B, a = B^T b, a0 = b^T b
+        R(z; x)  = (B z + b)^T (beta - x) = z^T p + s            p = B^T (beta - x), s = b^T (beta - x)
+        sigma^2  = ||Gt z + ct||^2 / d + e = z^T M z + 2 m^T z + m0,   M = Gt^T Gt / d, m = Gt^T ct / d,
+                                                                 m0 = ||ct||^2 / d + e
+
+    Without it (g(z) = G z + c): B = G, b = c, beta = 0, sigma = 1.  A step then costs O(d_h^2) per token
+    instead of O(d d_h); the targets p, s, t = ||beta - x||^2 are one projection of the tokens, made once.
+    Computed in at least float32 (as the LN is)."""
+    dtype = jnp.result_type(G.dtype, jnp.float32)
+    G = G.astype(dtype)
+    d = G.shape[0]
+    c = jnp.zeros((d,), dtype) if c is None else c.astype(dtype)
+    if ln is None:
+        B, b, beta = G, c, None
+    else:
+        Gt, ct = G - jnp.mean(G, axis=0), c - jnp.mean(c)
+        gamma = None if getattr(ln, "weight", None) is None else ln.weight.astype(dtype)
+        beta = None if getattr(ln, "bias", None) is None else ln.bias.astype(dtype)
+        B, b = (Gt, ct) if gamma is None else (gamma[:, None] * Gt, gamma * ct)
+    A, a, a0 = B.T @ B, B.T @ b, b @ b
+    if ln is None:
+        return FoldedDecoder(A, a, a0, None, None, None), (B, b, beta)
+    M, m, m0 = Gt.T @ Gt / d, Gt.T @ ct / d, ct @ ct / d + ln.eps
+    return FoldedDecoder(A, a, a0, M, m, m0), (B, b, beta)
+
+
+def fold_targets(folded_maps: tuple, x: Float[Array, "n d"]) -> dict:
+    """The per-token data of the folded loss: p_i = B^T (beta - x_i), s_i = b^T (beta - x_i),
+    t_i = ||beta - x_i||^2 (see `fold_decoder`)."""
+    B, b, beta = folded_maps
+    x = x.astype(B.dtype)
+    xB, xb, xx = x @ B, x @ b, jnp.sum(x * x, axis=-1)    # beta - x never materialised (beta may be per head)
+    if beta is None:
+        return {"p": -xB, "s": -xb, "t": xx}
+    return {"p": beta @ B - xB, "s": beta @ b - xb, "t": beta @ beta - 2 * (x @ beta) + xx}
+
+
+def folded_sq_error(dec: FoldedDecoder, z: Float[Array, "b dh"], p, s, t) -> Float[Array, " b"]:
+    """||g(z_i) - x_i||^2 of each token from the folded decoder and targets (`fold_decoder`)."""
+    z = z.astype(dec.A.dtype)
+    Q = jnp.sum((z @ dec.A + 2 * dec.a) * z, axis=-1) + dec.a0
+    R = jnp.sum(z * p, axis=-1) + s
+    if dec.M is None:
+        return Q + 2 * R + t
+    inv = jax.lax.rsqrt(jnp.sum((z @ dec.M + 2 * dec.m) * z, axis=-1) + dec.m0)      # 1 / sigma
+    return Q * inv * inv + 2 * R * inv + t
+
+
+def folded_loss(W, static, dec: FoldedDecoder, data: dict, *, scale: float = 1.0, w=None,
+                chunk: int | None = None) -> Float[Array, ""]:
+    """l(W; X) = scale/(2b) sum_i w_i ||g(f(k_i; W)) - x_i||^2 from the folded decoder (= reconstruction_loss);
+    with `chunk`, the sum over i runs `chunk` tokens at a time (`chunked_sum`)."""
+    f = eqx.combine(W, static)
+    per_token_w = w is not None and jnp.ndim(w) > 0
+
+    def part(k, p, s, t, *wt):
+        per_token = folded_sq_error(dec, jax.vmap(f)(k), p, s, t)
+        return jnp.sum(wt[0] * per_token if wt else per_token)
+    arrays = [data["k"], data["p"], data["s"], data["t"]]
+    total = chunked_sum(part, arrays + [w] if per_token_w else arrays, chunk)
+    if w is not None and not per_token_w:
+        total = w * total
+    loss = 0.5 * total / data["k"].shape[0]
+    return loss if scale == 1.0 else scale * loss
+
+
 def step_data(consts, xt) -> tuple:
     """(decoder (G, c, ln), data dict) of one step: the loop's constants merged with the step's xs slice."""
     dec, shared = consts
@@ -84,13 +178,20 @@ def as_compute(W, compute):
 
 def batch_step(opt: optax.GradientTransformation, static, scale: float = 1.0, compute=None,
                token_chunk: int | None = None):
-    """One full-batch or mini-batch step: W <- W + u, (u, s) = opt.update(grad l(W; X_t), s, W)
-    (the loss summed `token_chunk` tokens at a time when given)."""
+    """One full-batch or mini-batch step: W <- W + u, (u, s) = opt.update(grad l(W; X_t), s, W).  The loop's
+    decoder is (G, c, ln) with data k, x, or a FoldedDecoder with data k, p, s, t (`fold_decoder`); the
+    loss is summed `token_chunk` tokens at a time when given (`chunked_sum`)."""
+    def loss(W, dec, d):
+        if isinstance(dec, FoldedDecoder):
+            return folded_loss(as_compute(W, compute), static, dec, d, scale=scale, w=d.get("w"), chunk=token_chunk)
+        G, c, ln = dec
+        return reconstruction_loss(as_compute(W, compute), static, G, ln, d["k"], d["x"], c, scale=scale,
+                                   w=d.get("w"), chunk=token_chunk)
+
     def step(consts, carry, xt):
-        (G, c, ln), d = step_data(consts, xt)
+        dec, d = step_data(consts, xt)
         W, s = carry
-        grads = jax.grad(lambda W: reconstruction_loss(as_compute(W, compute), static, G, ln, d["k"], d["x"], c,
-                                                       scale=scale, w=d.get("w"), chunk=token_chunk))(W)
+        grads = jax.grad(loss)(W, dec, d)
         updates, s = opt.update(grads, s, W)
         return (optax.apply_updates(W, updates), s), None
     return step

@@ -40,6 +40,14 @@ class Reconstruction:
                    g_k(z) = LN(G_k z + c) with one decoder bias c shared by the heads (released code).
     ln_per_head    the Decoder LN's scale and offset are per head (released code) instead of shared.
     ln_eps         the Decoder LN's epsilon (equinox's default 1e-5; flax's, the released code's, 1e-6).
+    loss_form      how a full-batch or SGD inner step evaluates the loss (same function, different cost):
+                   "gram" (default) folds the decoder into d_h dimensions once per head before the
+                   loop (`inner_steps.fold_decoder`): each step then works with d_h x d_h Gram
+                   matrices instead of decoding every token to d; "direct" decodes every token
+                   (g(z) in R^d) in every step.  Equal in real arithmetic (sums reassociated).  "gram"
+                   applies when the inner loop computes in float32 or wider; with Inner.dtype
+                   "bfloat16"/"mixed" every token is decoded (the folded sums would lose the residual
+                   to bf16 cancellation).
 
     `Reconstruction.released(decoder_ln=...)` is the released code's parametrisation.
     """
@@ -49,6 +57,7 @@ class Reconstruction:
     bias: bool = False
     ln_per_head: bool = False
     ln_eps: float = 1e-5
+    loss_form: str = "gram"
 
     def __post_init__(self):
         for name in ("decoder_ln", "bias", "ln_per_head"):
@@ -60,6 +69,9 @@ class Reconstruction:
         if (not isinstance(self.ln_eps, (int, float)) or isinstance(self.ln_eps, bool)
                 or not self.ln_eps > 0):
             raise SpecError(f"Reconstruction.ln_eps must be a positive float, got {self.ln_eps!r}")
+        if self.loss_form not in ("gram", "direct"):
+            raise SpecError("Reconstruction.loss_form must be 'gram' (decoder folded to d_h dims once per head) "
+                            f"or 'direct' (every token decoded to d in every step), got {self.loss_form!r}")
 
     @classmethod
     def released(cls, decoder_ln: bool = False) -> "Reconstruction":

@@ -28,8 +28,8 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ttt_compile.ir.primitive import ttt_loop
 
-from .inner_steps import (as_compute, batch_step, chunked_map, linear_decoder_terms, online_step,
-                          reconstruction_loss, token_loss)
+from .inner_steps import (as_compute, batch_step, chunked_map, fold_decoder, fold_targets, linear_decoder_terms,
+                          online_step, reconstruction_loss, token_loss)
 from .learners import NonParametric
 from .outer_maps import Decoder, Output, Project, StepSize, decode
 from .spec import Inner, Reconstruction, SpecError
@@ -243,9 +243,13 @@ class TTTLayer(eqx.Module):
         the data split into the loop's blocks (xs; None for batching="full").  See inner_steps; `v`
         (the linear decoder's G^T (x - c)) stands in for x when given."""
         steps, b = self.inner.blocks(k.shape[0])
-        data = {"k": k, "x": x} if v is None else {"k": k, "v": v}
-        if q is not None:
-            data["q"] = q
+        if q is None and v is None and self._folds_decoder():
+            dec, maps = fold_decoder(*dec)
+            data = {"k": k, **fold_targets(maps, x)}
+        else:
+            data = {"k": k, "x": x} if v is None else {"k": k, "v": v}
+            if q is not None:
+                data["q"] = q
         if w is not None:
             data["w"] = w
         if self.inner.batching == "full":
@@ -253,6 +257,13 @@ class TTTLayer(eqx.Module):
         split = {name: a for name, a in data.items() if a.ndim}            # per-token arrays are split
         shared = {name: a for name, a in data.items() if not a.ndim}       # a per-head eta is not
         return (dec, shared), {name: a.reshape(steps, b, *a.shape[1:]) for name, a in split.items()}
+
+    def _folds_decoder(self) -> bool:
+        """Whether full-batch/SGD steps use the folded decoder (Reconstruction.loss_form="gram"): only when
+        the inner loop computes in float32 or wider; with bfloat16 matmuls (Inner.dtype "bfloat16"/"mixed")
+        the folded sums would lose the residual to cancellation, so every token is decoded."""
+        compute = self._compute()
+        return self.task.loss_form == "gram" and (compute is None or jnp.finfo(compute).bits >= 32)
 
     def _compute(self):
         """The dtype the learner sees W in (Inner.dtype), or None to follow the arrays."""
