@@ -2,10 +2,8 @@
 
     f(z; W) = W2 . vec( TTT_inner( reshape(W1 z, (m, d')) ) )
 
-One head's token z (d_h) is mapped to m sub-tokens of width d'; a TTT layer learns over those m
-sub-tokens (its own inner loop) and W2 reads out.  W1, W2 are fast weights of the outer layer; the
-inner layer's phi, psi, g, h are outer parameters (`outer=`) or, with `inner_fast=True`, fast weights
-too.  Compiled, the program holds a ttt_loop inside a ttt_loop body; the passes rewrite both levels.
+A TTT layer learns over the m sub-tokens of one head's token z; W1, W2 are fast weights, the inner
+layer's phi, psi, g, h outer parameters (`outer=`) or, with `inner_fast=True`, fast weights too.
 """
 import equinox as eqx
 import optax
@@ -26,7 +24,7 @@ class TTTLearner(eqx.Module):
         k1, k2, k3 = jax.random.split(key, 3)
         self.W1 = jax.random.normal(k1, (m * d, dh)) / jnp.sqrt(dh)
         self.W2 = jax.random.normal(k2, (dh, m * d)) / jnp.sqrt(m * d)
-        self.inner = tc.TTTLayer(d, 1, tc.learners.Linear(d), inner=tc.Inner(steps=steps), key=k3)
+        self.inner = tc.TTTLayer(d, 1, tc.learners.Linear(d), inner=tc.Inner(steps, optimizer=optax.sgd(0.2)), key=k3)
         self.m = m
 
     def __call__(self, z: Float[Array, " dh"]) -> Float[Array, " dh"]:
@@ -34,8 +32,8 @@ class TTTLearner(eqx.Module):
 
 
 def make_layer(dim: int = 8, heads: int = 2, *, m: int = 3, d: int = 4, steps: int = 2, lr: float = 0.02,
-               inner_fast: bool = False, key):
+               inner_steps: int = 1, inner_fast: bool = False, key):
     k1, k2 = jax.random.split(key)
-    learner = TTTLearner(dim // heads, m, d, key=k1)
+    learner = TTTLearner(dim // heads, m, d, steps=inner_steps, key=k1)
     return tc.TTTLayer(dim, heads, learner, init="learned", inner=tc.Inner(steps=steps, optimizer=optax.sgd(lr)), key=k2,
                        outer=None if inner_fast else (lambda f: f.inner))

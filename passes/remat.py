@@ -7,7 +7,7 @@ from typing import Literal
 import numpy as np
 from jax.extend.core import ClosedJaxpr
 
-from ttt_compile.ir.interpreter import rewrite
+from ttt_compile.ir.interpreter import rewrite, rewrite_region
 from ttt_compile.ir.expand_loop import remat_prediction
 from ttt_compile.ir.primitive import REMAT_SCHEMES, contains_loop, info, ttt_loop_p
 from ttt_compile.layer.spec import SpecError
@@ -38,11 +38,11 @@ def remat(closed: ClosedJaxpr, *, scheme: Literal["step", "sqrt", "log"] | None 
         if chosen is None or li.steps == 1:
             why = "one step" if li.steps == 1 else "each SGD step sees n/T tokens"
             note(f"left a {li.schedule} loop of {li.steps} step(s) alone: {why}, nothing to rematerialise")
-            return interp.bind(eqn, invals)
+            return rewrite_region(interp, eqn, invals)
         changed.append(chosen)
-        note(f"{li.schedule} loop, T={li.steps}, scheme {chosen}: "
+        note(f"{li.role} {li.schedule} loop, T={li.steps}, scheme {chosen}: "
              + remat_prediction(dataclasses.replace(li, remat=chosen), _carry_bytes(eqn, li)))
-        return interp.bind(eqn, invals, remat=chosen)
+        return rewrite_region(interp, eqn, invals, remat=chosen)     # nested loops: schemes compose
 
     out = rewrite(closed, {ttt_loop_p: rule})
     if not changed:

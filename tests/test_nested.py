@@ -136,3 +136,48 @@ def test_nested_example_validates_with_default_passes(inner_fast):
         assert [n for n, _ in prog.notes] == ["trace", *P.DEFAULT]
         v = tc.validate.compare(layer, prog, x)
     assert v.ok(1e-10), v
+
+
+def test_every_pass_reaches_the_nested_level_and_notes_name_it():
+    """remat marks the nested loops too (schemes compose: checkpointed steps inside checkpointed steps),
+    fold_zero_init peels the inner layer's zero-init loop inside the outer body, and the report shows
+    the nesting and which loop each note is about."""
+    ex = _example()
+    with jax.enable_x64(True):
+        layer = ex.make_layer(key=jax.random.PRNGKey(0), inner_steps=2)
+        x = jax.random.normal(jax.random.PRNGKey(1), (5, 8), jnp.float64)
+        prog = tc.compile(layer, x, passes=["remat", "unroll", "fold_zero_init", "simplify", "dce"])
+        v = tc.validate.compare(layer, prog, x)
+        report = prog.report()             # measures costs: float64 programs, in float64 mode
+    assert v.ok(1e-10), v
+    stage = {n: j for n, j, _ in prog.pipeline}
+    notes = dict(prog.notes)
+    assert [e.params["remat"] for e in _all_loops(stage["remat"])] == ["step"] * 4
+    assert any(n.startswith("[level 1, in inner full loop T=2] forward full loop, T=2, scheme step")
+               for n in notes["remat"]), notes["remat"]
+    assert any(n.startswith("[level 1, in inner full loop T=2] forward full loop T=2: first step")
+               for n in notes["fold_zero_init"]), notes["fold_zero_init"]
+    assert "loops: inner full T=2 { forward full T=2, transpose reversed full T=2 }, inner full T=2" in report
+    assert "loops: inner full T=2 { forward full T=1, transpose reversed full T=2 }, inner full T=1" in report
+
+
+def test_unroll_expands_every_level():
+    ex = _example()
+    with jax.enable_x64(True):
+        layer = ex.make_layer(key=jax.random.PRNGKey(0), inner_steps=2, inner_fast=True)
+        x = jax.random.normal(jax.random.PRNGKey(1), (5, 8), jnp.float64)
+        prog = tc.compile(layer, x, passes=["unroll"])
+        assert not contains_loop(prog.jaxpr) and [n for n, _ in prog.notes] == ["trace", "unroll"]
+        v = tc.validate.compare(layer, prog, x)
+    assert v.ok(1e-10), v
+
+
+def _all_loops(jaxpr):
+    out = []
+    for e in getattr(jaxpr, "jaxpr", jaxpr).eqns:
+        if e.primitive is ttt_loop_p:
+            out += [e, *_all_loops(e.params["body"])]
+        else:
+            for sub in jaxprs_in_params(e.params):
+                out += _all_loops(sub)
+    return out

@@ -18,13 +18,16 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .interpreter import describe_loop
+from .notes import inside
 from .primitive import LoopInfo
 
 
 def step_fn(interp, li: LoopInfo, consts):
     """carry, x_t -> carry', y_t  evaluating the body through `interp` (checkpointed if remat set)."""
     def step(carry, xs):
-        out = interp.eval_closed(li.body, [*consts, *carry, *xs])
+        with inside(describe_loop(li.__dict__)):
+            out = interp.eval_closed(li.body, [*consts, *carry, *xs])
         out = [interp.instantiate(o, a) for o, a in zip(out, li.body.out_avals)]
         return out[:li.num_carry], out[li.num_carry:]
     return jax.checkpoint(step) if li.remat is not None else step

@@ -215,4 +215,24 @@ def contains_loop(jaxpr) -> bool:
                for e in jaxpr.eqns)
 
 
+def loop_nesting(jaxpr) -> str:
+    """The ttt_loops of a program as a nesting, e.g. "inner full T=2 { forward full T=1, transpose
+    reversed full T=1 }, inner full T=1" (loops inside jit/scan/checkpoint regions included)."""
+    from jax.extend.core import jaxprs_in_params
+
+    def walk(j):
+        out = []
+        for e in getattr(j, "jaxpr", j).eqns:
+            if e.primitive is ttt_loop_p:
+                p = e.params
+                name = f"{p['role']}{' reversed' if p['reverse'] else ''} {p['schedule']} T={p['steps']}"
+                inner = walk(p["body"])
+                out.append(name + (f" {{ {', '.join(inner)} }}" if inner else ""))
+            else:
+                for sub in jaxprs_in_params(e.params):
+                    out.extend(walk(sub))
+        return out
+    return ", ".join(walk(jaxpr))
+
+
 from . import loop_ad  # noqa: E402,F401  (registers ttt_loop's AD rules; it imports this module)
