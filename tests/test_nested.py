@@ -1,6 +1,7 @@
 """Nested learning: ttt_loop's AD rules keep derived loops ttt_loops; a learner holding a TTT layer
 compiles and validates at every level (float64 values and outer gradients)."""
 import importlib.util
+import json
 import pathlib
 
 import jax
@@ -219,3 +220,15 @@ def test_cost_multiplies_nested_trip_counts():
     # the outer gradient: forward and transposed loops nested in both loops, per-step residual stacking
     nested_g, flat_g = cost.measure(P.lower(grad)).flops, cost.measure(P.unroll(grad)).flops
     assert abs(nested_g - flat_g) <= 0.05 * flat_g, (nested_g, flat_g)
+
+
+def test_inspect_shows_the_nesting(capsys, monkeypatch):
+    from ttt_compile.cli import main
+    monkeypatch.syspath_prepend(str(EXAMPLE.parent))
+    argv = ["inspect", "nested_learner:make_layer", "--dim", "8", "--heads", "2", "--seq", "4", "--steps", "2"]
+    assert main([*argv, "--passes", "remat,lower", "--json"]) == 0
+    stages = json.loads(capsys.readouterr().out)["stages"]
+    assert [s["loops"] for s in stages] == [
+        "inner full T=2 { forward full T=1, transpose reversed full T=1 }, inner full T=1"] * 2 + [""]
+    assert main([*argv, "--passes", "unroll"]) == 0
+    assert "loops: inner full T=2 { forward full T=1, transpose reversed full T=1 }" in capsys.readouterr().out
