@@ -15,7 +15,8 @@ Three layers of grammar:
   functions (a clipped-gradient identity, a smooth |x| with its own derivative) and custom_vjp
   functions (a straight-through round, a half-gradient identity), and nested learning: an op
   z + W2 vec(TTT(reshape(W1 z))) whose TTT layer runs its own inner loop (`nested_layer`);
-- layer specs (`LayerSpec`): heads, d_h, n, steps, batching full/sgd/online with every valid chunk,
+- layer specs (`LayerSpec`): a grammar learner or (1 in 8) the non-parametric Nadaraya-Watson
+  learner (softmax attention), heads, d_h, n, steps, batching full/sgd/online with every valid chunk,
   init zero/learned, decoder LN, the inner optimizer and its learning-rate schedule, learned step
   sizes (eta fixed / per head / per token), the paper's or the released code's parametrisation, and
   learner arrays marked as outer parameters;
@@ -301,6 +302,10 @@ class LayerSpec:
         return self.heads * self.dh
 
 
+#: LayerSpec.ops of a layer whose learner is tc.learners.NadarayaWatson (kernel regression: softmax
+#: attention; no fast weights, no ttt_loop)
+NADARAYA_WATSON = ("nadaraya_watson",)
+
 DIMS = [(h, dh) for h in (1, 2, 3, 4) for dh in range(2, 13) if h * dh <= MAX_D]
 
 
@@ -311,6 +316,10 @@ def _divisors(n):
 @st.composite
 def layer_specs(draw, n: int, heads_dh: tuple[int, int] | None = None, batching: str | None = None) -> LayerSpec:
     heads, dh = heads_dh if heads_dh is not None else draw(st.sampled_from(DIMS))
+    if batching in (None, "full") and draw(st.integers(0, 7)) == 0:    # a non-parametric learner (1 in 8)
+        return LayerSpec(heads=heads, dh=dh, steps=1, batching="full", chunk=1, init="zero",
+                         decoder_ln=draw(st.booleans()), optimizer="sgd", schedule="const", lr=1.0,
+                         ops=(NADARAYA_WATSON,), released=draw(st.sampled_from([False, True])))
     batching = batching or draw(st.sampled_from(["full", "sgd", "online"]))
     if batching == "sgd":
         steps = draw(st.sampled_from([s for s in _divisors(n) if s <= 6]))
@@ -336,12 +345,14 @@ def layer_specs(draw, n: int, heads_dh: tuple[int, int] | None = None, batching:
 def build_layer(spec: LayerSpec, key) -> tc.TTTLayer:
     """The TTT layer of `spec`; with init='zero' its learner is built with zeros (W0 = 0 is the spec)."""
     k_learner, k_layer = jax.random.split(key)
+    task = (tc.Reconstruction.released(decoder_ln=spec.decoder_ln) if spec.released
+            else tc.Reconstruction(decoder_ln=spec.decoder_ln))
+    if spec.ops == (NADARAYA_WATSON,):
+        return tc.TTTLayer(spec.dim, spec.heads, tc.learners.NadarayaWatson(), task=task, key=k_layer)
     learner = Learner(spec.ops, spec.dh, k_learner, zero=spec.init == "zero", outer=spec.outer)
     inner = tc.Inner(steps=spec.steps, batching=spec.batching, chunk=spec.chunk, eta=spec.eta,
                      optimizer=make_optimizer(spec.optimizer, spec.schedule, spec.lr))
     outer = (lambda f: tuple(f.arrays[i] for i in spec.outer)) if spec.outer else None
-    task = (tc.Reconstruction.released(decoder_ln=spec.decoder_ln) if spec.released
-            else tc.Reconstruction(decoder_ln=spec.decoder_ln))
     return tc.TTTLayer(spec.dim, spec.heads, learner, init=spec.init, outer=outer, task=task, inner=inner,
                        key=k_layer)
 

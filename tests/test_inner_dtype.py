@@ -103,3 +103,33 @@ def test_float32_inner_loop_under_bf16_inputs_and_spec_errors():
         tc.Inner(dtype="bf16")
     with pytest.raises(tc.SpecError, match=r"non-parametric .* leave Inner.dtype=None"):
         tc.TTTLayer(16, 2, tc.learners.NadarayaWatson(), inner=tc.Inner(dtype="bfloat16"), key=key)
+
+
+def test_compile_option_inner_dtype_overrides_every_layer_of_a_model():
+    """tc.compile(model, x, inner_dtype=...) is the same program as building the layers with that
+    Inner.dtype, also for TTT layers inside a model; errors name the fix."""
+    key, x = jax.random.PRNGKey(0), jax.random.normal(jax.random.PRNGKey(1), (N, D))
+    layer = layers.mttt_linear(dim=D, heads=H, key=key)
+    built = tc.compile(layers.mttt_linear(dim=D, heads=H, key=key, inner_dtype="mixed"), x)
+    option = tc.compile(layer, x, inner_dtype="mixed")
+    assert str(option.jaxpr) == str(built.jaxpr)
+    assert _dtypes(option) == ({"float32"}, {"bfloat16"})
+    assert layer.inner.dtype is None                     # the user's layer is not changed
+
+    class Two(eqx.Module):
+        a: tc.TTTLayer
+        b: tc.TTTLayer
+
+        def __call__(self, x):
+            return self.b(self.a(x))
+    model = Two(layer, layers.mttt_mlp(dim=D, heads=H, key=key))
+    loops = []
+    for eqn in tc.compile(model, x, inner_dtype="bfloat16", passes=[]).stages[0][1].jaxpr.eqns:
+        if eqn.primitive is ttt_loop_p:
+            li = info(eqn.params)
+            loops.append({str(v.aval.dtype) for v in eqn.invars[li.num_consts:li.num_consts + li.num_carry]})
+    assert loops == [{"bfloat16"}, {"bfloat16"}]
+    with pytest.raises(tc.SpecError, match=r"inner_dtype must be None or one of 'float32', 'bfloat16', 'mixed', got 'fp8'"):
+        tc.compile(layer, x, inner_dtype="fp8")
+    with pytest.raises(tc.SpecError, match=r"holds no parametric TTTLayer; drop inner_dtype"):
+        tc.compile(layers.linear_attention(dim=D, heads=H, key=key), x, inner_dtype="bfloat16")

@@ -16,7 +16,8 @@ from .cost import Cost, measure
 from .program_diff import ProgramDiff
 from .ir.jaxpr_utils import count_eqns
 from .ir.primitive import contains_loop, emitting, loop_nesting
-from .layer.spec import SpecError
+from .layer.spec import INNER_DTYPES, SpecError
+from .layer.ttt_layer import TTTLayer
 
 DEFAULT = P.DEFAULT          # the default pipeline lives with the pass contract in passes/__init__.py
 
@@ -140,11 +141,37 @@ def trace(model, *args) -> tuple[ClosedJaxpr, Any, Any, Any]:
     return closed, params, a_tree, out_tree[0]
 
 
-def compile(model: Callable, *args, passes="default") -> Compiled:  # noqa: A001 - the public name
+def with_inner_dtype(model, dtype: str):
+    """`model` with `Inner.dtype = dtype` in every parametric TTTLayer it holds (as a pytree node):
+    "float32", "bfloat16" (fast weights, gradients, updates and matmuls in bf16) or "mixed" (f32 fast
+    weights, bf16 matmuls).  Non-parametric layers (no fast weights) are left as they are."""
+    if dtype not in INNER_DTYPES:
+        raise SpecError(f"tc.compile: inner_dtype must be None or one of {', '.join(map(repr, INNER_DTYPES))}, "
+                        f"got {dtype!r}")
+    found = []
+
+    def cast(node):
+        if isinstance(node, TTTLayer) and not node.nonparametric:
+            found.append(node)
+            return node.with_inner(dtype=dtype)
+        return node
+    out = jax.tree_util.tree_map(cast, model, is_leaf=lambda node: isinstance(node, TTTLayer))
+    if not found:
+        raise SpecError(f"tc.compile: inner_dtype={dtype!r} sets the precision of TTT layers' inner loops, but "
+                        f"the model ({type(model).__name__}) holds no parametric TTTLayer; drop inner_dtype")
+    return out
+
+
+def compile(model: Callable, *args, passes="default", inner_dtype: str | None = None) -> Compiled:  # noqa: A001
     """Trace `model(*args)` (any eqx.Module, TTT layers anywhere inside), run `passes`, return a
-    `Compiled` module.  A `lower` stage is appended if a ttt_loop survives the given passes."""
+    `Compiled` module.  A `lower` stage is appended if a ttt_loop survives the given passes.
+
+    `inner_dtype` ("float32" | "bfloat16" | "mixed"), optional, overrides `Inner.dtype` of every TTT
+    layer in the model for this program (same parameters; the outputs keep the input's dtype)."""
     if not callable(model):
         raise SpecError(f"tc.compile: model must be callable (an eqx.Module), got {type(model).__name__}")
+    if inner_dtype is not None:
+        model = with_inner_dtype(model, inner_dtype)
     pipeline = resolve(passes)
     closed, params, a_tree, out_tree = trace(model, *args)
     stages = [("trace", closed, ())]

@@ -16,6 +16,7 @@ one `ttt_loop` per layer for the passes to rewrite.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -193,6 +194,24 @@ class TTTLayer(eqx.Module):
     def loss_scale(self) -> float:
         """c in l = c/(2n) sum ||.||^2: 1 (eq. 1) or 1/d_h (the released code's normalisation)."""
         return self.task.scale(self.dim // self.heads)
+
+    def with_inner(self, **changes) -> "TTTLayer":
+        """The same layer (same arrays) with `Inner` fields replaced, e.g. `layer.with_inner(dtype="bfloat16")`.
+
+        Only fields that do not change the layer's arrays may change: `dtype`, `steps`, `batching`,
+        `chunk`, `optimizer` (not `eta`, which decides whether a learned step size exists)."""
+        if "eta" in changes or "eta_base" in changes:
+            raise SpecError("TTTLayer.with_inner cannot change eta/eta_base (they decide the layer's "
+                            "StepSize arrays); build a new layer with Inner(eta=...)")
+        inner = dataclasses.replace(self.inner, **changes)
+        if self.nonparametric and inner.dtype is not None:
+            raise SpecError(f"Inner.dtype={inner.dtype!r} sets the precision of fast weights, but this "
+                            "layer's learner is non-parametric (it has none)")
+        new = object.__new__(type(self))
+        for field in dataclasses.fields(self):
+            object.__setattr__(new, field.name, getattr(self, field.name))
+        object.__setattr__(new, "inner", inner)
+        return new
 
     def inner_model(self):
         """The learner without its fast weights: `eqx.combine(W, layer.inner_model())` is f(.; W)."""
