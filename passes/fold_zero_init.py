@@ -105,6 +105,8 @@ class _Folder:
         where = describe_loop(eqn.params)
         note(f"{where}: first step run with its zero carry (W0 = 0) and folded"
              + ("" if li.steps == 1 else f"; the loop continues for {li.steps - 1} steps"))
+        # symbolic zeros among consts/xs fold in the peeled step; the tail loop binds arrays
+        xs = [_instantiate(x, v.aval) for x, v in zip(xs, eqn.invars[li.num_consts + li.num_carry:])]
         x0 = [lax.index_in_dim(x, 0, 0, keepdims=False) for x in xs]
         with inside(where):
             out = interp.eval_closed(li.body, [*consts, *carry, *x0])
@@ -116,6 +118,7 @@ class _Folder:
             body = interp.rewrite(li.body)
         params = {**eqn.params, "steps": li.steps - 1, "init": "learned", "body": body}
         carry1 = [_instantiate(c, a) for c, a in zip(carry1, li.body.out_avals)]
+        consts = [_instantiate(c, v.aval) for c, v in zip(consts, eqn.invars[:li.num_consts])]
         tail = ttt_loop_p.bind(*consts, *carry1, *[x[1:] for x in xs], **params)
         carry_t, ys = tail[:li.num_carry], tail[li.num_carry:]
         return [*carry_t, *[jnp.concatenate([y[None], r]) for y, r in zip(y0, ys)]]

@@ -232,3 +232,23 @@ def test_inspect_shows_the_nesting(capsys, monkeypatch):
         "inner full T=2 { forward full T=1, transpose reversed full T=1 }, inner full T=1"] * 2 + [""]
     assert main([*argv, "--passes", "unroll"]) == 0
     assert "loops: inner full T=2 { forward full T=1, transpose reversed full T=1 }" in capsys.readouterr().out
+
+
+
+@pytest.mark.slow
+def test_generated_nested_program_with_symbolic_zero_loop_operands():
+    """A generated program (default run, seed 20261201) whose peeled init='zero' outer step handed
+    symbolic zeros to a nested loop's operands in fold_zero_init (they reached ttt_loop's bind)."""
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    import program_gen as G
+    import test_validate_generated as V
+    spec = G.LayerSpec(heads=2, dh=3, steps=5, batching="online", chunk=7, init="zero", decoder_ln=True,
+                       optimizer="clip_sgd", schedule="cosine", lr=0.5,
+                       ops=(("ttt", "full", 2), ("linear",), ("index", "affine"), ("act", "softplus"),
+                            ("act", "half_grad")), outer=(), eta="fixed", released=True)
+    nw = G.LayerSpec(heads=2, dh=3, steps=1, batching="full", chunk=1, init="zero", decoder_ln=True,
+                     optimizer="sgd", schedule="const", lr=1.0, ops=(G.NADARAYA_WATSON,), outer=(), eta="fixed",
+                     released=True)
+    program = G.Program(kind="stack", layers=(spec, nw), n=7, wrapper=None, int_side=True, seed=170943)
+    assert V.check(program, ["fold_zero_init"]) == []
