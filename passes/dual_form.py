@@ -49,7 +49,7 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend.core import ClosedJaxpr, primitives
 
-from ttt_compile.ir.interpreter import default_rule, rewrite
+from ttt_compile.ir.interpreter import default_rule, rewrite, rewrite_region
 from ttt_compile.ir.jaxpr_utils import add_any_p, primitive_named
 from ttt_compile.ir.primitive import contains_loop, info, ttt_loop_p
 
@@ -349,11 +349,15 @@ def dual_form(closed: ClosedJaxpr, *, min_chunk: int = 2) -> ClosedJaxpr:
         li = info(eqn.params)
         if li.schedule != "online":
             note(f"did not apply to a {li.schedule} loop because the dual form is for batching='online'")
-            return interp.bind(eqn, invals)
+            return rewrite_region(interp, eqn, invals)
+        if li.role not in ("inner", "forward") or li.reverse:
+            note(f"did not apply to the {li.role} loop of an online loop: the dual form is for the loop "
+                 "that computes the fast weights")
+            return rewrite_region(interp, eqn, invals)
         new, why = rewrite_body(li.body, min_chunk)
         if new is None:
             note(f"did not apply to an online loop of T={li.steps} steps because {why}")
-            return interp.bind(eqn, invals)
+            return rewrite_region(interp, eqn, invals)
         applied.append(why)
         note(f"online loop, T={li.steps}: dual form for {why}; no per-token weights materialised")
         return interp.bind(eqn, invals, body=new)

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.extend.core import ClosedJaxpr
 
-from ttt_compile.ir.interpreter import rewrite
+from ttt_compile.ir.interpreter import describe_loop, rewrite, rewrite_region
+from ttt_compile.ir.notes import inside
 from ttt_compile.ir.jaxpr_utils import add_any_p, constant, primitive_named
 from ttt_compile.ir.primitive import info, ttt_loop_p
 
@@ -98,17 +99,26 @@ class _Folder:
         if li.init == "zero":
             carry = [Zero(v.aval) for v in eqn.invars[li.num_consts:li.num_consts + li.num_weights]] \
                 + carry[li.num_weights:]
-        if not any(_is_zero(c) for c in carry):
-            return interp.bind(eqn, invals)
+        if not any(_is_zero(c) for c in carry) or li.reverse:     # (a reverse loop starts at xs[T-1])
+            return rewrite_region(interp, eqn, invals)
         self.folded += 1
+        where = describe_loop(eqn.params)
+        note(f"{where}: first step run with its zero carry (W0 = 0) and folded"
+             + ("" if li.steps == 1 else f"; the loop continues for {li.steps - 1} steps"))
+        # symbolic zeros among consts/xs fold in the peeled step; the tail loop binds arrays
+        xs = [_instantiate(x, v.aval) for x, v in zip(xs, eqn.invars[li.num_consts + li.num_carry:])]
         x0 = [lax.index_in_dim(x, 0, 0, keepdims=False) for x in xs]
-        out = interp.eval_closed(li.body, [*consts, *carry, *x0])
+        with inside(where):
+            out = interp.eval_closed(li.body, [*consts, *carry, *x0])
         carry1, y0 = out[:li.num_carry], out[li.num_carry:]
         y0 = [_instantiate(y, a) for y, a in zip(y0, li.body.out_avals[li.num_carry:])]
         if li.steps == 1:
             return [*carry1, *[y[None] for y in y0]]
-        params = {**eqn.params, "steps": li.steps - 1, "init": "learned"}
+        with inside(where):           # the rest of the loop: zeros inside its body fold too
+            body = interp.rewrite(li.body)
+        params = {**eqn.params, "steps": li.steps - 1, "init": "learned", "body": body}
         carry1 = [_instantiate(c, a) for c, a in zip(carry1, li.body.out_avals)]
+        consts = [_instantiate(c, v.aval) for c, v in zip(consts, eqn.invars[:li.num_consts])]
         tail = ttt_loop_p.bind(*consts, *carry1, *[x[1:] for x in xs], **params)
         carry_t, ys = tail[:li.num_carry], tail[li.num_carry:]
         return [*carry_t, *[jnp.concatenate([y[None], r]) for y, r in zip(y0, ys)]]

@@ -37,7 +37,8 @@ import jax
 
 from ttt_compile.cost import stored_bytes, train_temp_bytes
 from ttt_compile.ir.expand_loop import factors, remat_prediction
-from ttt_compile.ir.interpreter import rewrite
+from ttt_compile.ir.interpreter import rewrite, rewrite_region
+from ttt_compile.ir.notes import _WHERE
 from ttt_compile.ir.primitive import REMAT_SCHEMES, contains_loop, info, ttt_loop_p
 from ttt_compile.layer.spec import SpecError
 
@@ -76,22 +77,32 @@ def candidates(steps: int) -> list[str | None]:
 
 
 def _loops(closed: ClosedJaxpr) -> list:
-    """The ttt_loop equations the interpreter reaches (not those inside another loop's body)."""
+    """(eqn, the loops it is nested in) of every ttt_loop equation the interpreter reaches, at every level
+    (a loop's body's loops follow it)."""
     found = []
 
     def rule(interp, eqn, invals):
-        found.append(eqn)
-        return interp.bind(eqn, invals)
+        found.append((eqn, _WHERE.get()))
+        return rewrite_region(interp, eqn, invals)      # loops nested in its body too
     rewrite(closed, {ttt_loop_p: rule})
     return found
 
 
+def _note_at(where: tuple[str, ...], message: str) -> None:
+    """A note about a loop found at `where` (the loops it is nested in; () at the top level)."""
+    token = _WHERE.set(where)
+    try:
+        note(message)
+    finally:
+        _WHERE.reset(token)
+
+
 def _mark(closed: ClosedJaxpr, choice: dict[int, str | None]) -> ClosedJaxpr:
     """`closed` with loop equation e (by id) marked remat=choice[id(e)]; other loops unchanged."""
-    def rule(interp, eqn, invals):
+    def rule(interp, eqn, invals):          # nested loops are marked inside the rewritten bodies: schemes compose
         if id(eqn) in choice:
-            return interp.bind(eqn, invals, remat=choice[id(eqn)])
-        return interp.bind(eqn, invals)
+            return rewrite_region(interp, eqn, invals, remat=choice[id(eqn)])
+        return rewrite_region(interp, eqn, invals)
     return rewrite(closed, {ttt_loop_p: rule})
 
 
@@ -114,6 +125,11 @@ def _name(s: str | None) -> str:
     return "none" if s is None else s
 
 
+def _what(li) -> str:
+    """A loop's kind in notes: its schedule, and its role when AD derived it (e.g. "forward full")."""
+    return li.schedule if li.role == "inner" else f"{li.role} {li.schedule}"
+
+
 @register("remat", before=("lower", "unroll", "sgd_batch"),
           why_before="unroll/sgd_batch/lower expand the loops whose storage remat chooses")
 def remat(closed: ClosedJaxpr, *, scheme: Literal["step", "sqrt", "log"] | None = None,
@@ -129,13 +145,34 @@ def remat(closed: ClosedJaxpr, *, scheme: Literal["step", "sqrt", "log"] | None 
                         f"(got budget={budget!r}, scheme={scheme!r}); give one of them")
     if factor < 1:
         raise SpecError(f"remat: factor must be >= 1 (a memory ratio), got {factor!r}")
-    loops = []
-    for eqn in _loops(closed):
+    loops, nested = [], []
+    for eqn, where in _loops(closed):
         li = info(eqn.params)
         if li.steps == 1:
-            note(f"left a {li.schedule} loop of 1 step alone: nothing to rematerialise")
+            _note_at(where, f"left a {_what(li)} loop of 1 step alone: nothing to rematerialise")
+        elif where:
+            nested.append((eqn, li, where))
         else:
             loops.append((eqn, li))
+    if scheme is None and nested:
+        # A loop inside another loop's body: its storage multiplies by the outer trip counts, so it is
+        # rematerialised by its kind (full: per step, online: sqrt, SGD: left alone), the schemes composing
+        # with the outer loop's; a budget is measured on the top-level loops.
+        marks = {}
+        for eqn, li, where in nested:
+            s = {"full": "step", "online": "sqrt"}.get(li.schedule)
+            _note_at(where, f"{_what(li)} loop, T={li.steps}, scheme {_name(s)} (nested: by its kind)"
+                     + (": " + remat_prediction(dataclasses.replace(li, remat=s), _carry_bytes(eqn, li)) if s else ""))
+            if s is not None:
+                marks[id(eqn)] = s
+        closed = _mark(closed, marks) if marks else closed
+        loops = [(e, info(e.params)) for e, where in _loops(closed) if not where and info(e.params).steps > 1]
+    if scheme is not None:
+        for eqn, li, where in nested:
+            _note_at(where, f"{_what(li)} loop, T={li.steps}, scheme {scheme} (forced): "
+                     + remat_prediction(dataclasses.replace(li, remat=scheme), _carry_bytes(eqn, li)))
+        closed = _mark(closed, {id(e): scheme for e, _, _ in nested}) if nested else closed
+        loops = [(e, info(e.params)) for e, where in _loops(closed) if not where and info(e.params).steps > 1]
     if not loops:
         if not contains_loop(closed):
             note("did not apply: no ttt_loop")
@@ -199,7 +236,7 @@ def _candidate_memory(closed: ClosedJaxpr, loops) -> list[dict]:
 def candidate_memory(closed: ClosedJaxpr) -> list[dict]:
     """{scheme: compiled training-step temp bytes} for each loop of T > 1 steps that remat reaches,
     measured as remat with a budget measures them."""
-    loops = [(e, info(e.params)) for e in _loops(closed)]
+    loops = [(e, info(e.params)) for e, where in _loops(closed) if not where]
     return _candidate_memory(closed, [(e, li) for e, li in loops if li.steps > 1])
 
 

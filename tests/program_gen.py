@@ -13,7 +13,8 @@ Three layers of grammar:
   tanh/erf forms, tanh, sigmoid, silu, softplus), LayerNorm, residual blocks (z + ops(z)), elementwise
   gates, products of two weights (elementwise and chained), integer index arithmetic, custom_jvp
   functions (a clipped-gradient identity, a smooth |x| with its own derivative) and custom_vjp
-  functions (a straight-through round, a half-gradient identity);
+  functions (a straight-through round, a half-gradient identity), and nested learning: an op
+  z + W2 vec(TTT(reshape(W1 z))) whose TTT layer runs its own inner loop (`nested_layer`);
 - layer specs (`LayerSpec`): a grammar learner or (1 in 8) the non-parametric Nadaraya-Watson
   learner (softmax attention), heads, d_h, n, steps, batching full/sgd/online with every valid chunk,
   init zero/learned, decoder LN, the inner optimizer and its learning-rate schedule, learned step
@@ -145,7 +146,23 @@ def op_arrays(op, dh: int, key) -> tuple:
         return (normal(k1, (dh, dh)) / math.sqrt(dh), 1 + 0.3 * normal(k2, (dh, dh)) / math.sqrt(dh))
     if kind == "residual":
         return tuple(op_arrays(o, dh, k) for o, k in zip(op[1], jax.random.split(key, len(op[1]))))
+    if kind == "ttt":
+        return (normal(k1, (NEST_M * NEST_D, dh)) / math.sqrt(dh),
+                0.5 * normal(k2, (dh, NEST_M * NEST_D)) / math.sqrt(NEST_M * NEST_D),
+                nested_layer(op[1], op[2], jax.random.fold_in(key, 1)))
     return ()
+
+
+# A nested op: z + W2 vec(TTT(reshape(W1 z, (NEST_M, NEST_D)))), a TTT layer learning over NEST_M
+# sub-tokens of width NEST_D inside the learner (its own inner loop: batching op[1], steps op[2]).
+NEST_M, NEST_D = 2, 2
+NEST_ONE_IN = 16         # one layer spec in NEST_ONE_IN has a nested op first (a nested program costs ~60 s here)
+
+
+def nested_layer(batching: str, steps: int, key) -> tc.TTTLayer:
+    inner = (tc.Inner(batching="online", chunk=1) if batching == "online"
+             else tc.Inner(steps=steps, optimizer=optax.sgd(0.5)))
+    return tc.TTTLayer(NEST_D, 1, tc.learners.Linear(NEST_D), inner=inner, key=key)
 
 
 def apply_op(op, arrays, z):
@@ -172,6 +189,9 @@ def apply_op(op, arrays, z):
         return index_arith(op[1], z)
     if kind == "residual":
         return z + apply_ops(op[1], arrays, z)
+    if kind == "ttt":
+        W1, W2, layer = arrays
+        return z + W2 @ layer((W1 @ z).reshape(NEST_M, NEST_D)).reshape(-1)
     raise ValueError(op)
 
 
@@ -307,6 +327,8 @@ def layer_specs(draw, n: int, heads_dh: tuple[int, int] | None = None, batching:
         steps = draw(st.integers(1, 6))
     chunk = draw(st.sampled_from(_divisors(n))) if batching == "online" else 1
     ops = draw(learner_ops())
+    if draw(st.integers(0, NEST_ONE_IN - 1)) == 0:        # a small share of nested learners
+        ops = (("ttt", draw(st.sampled_from(["full", "online"])), draw(st.integers(1, 2))), *ops)
     holders = array_ops(ops)
     outer = ()
     if len(holders) >= 2 and draw(st.booleans()):       # keep at least one op of fast weights
@@ -515,7 +537,7 @@ def build(program: Program):
 
 # =========================================================================== program size
 def op_count(ops) -> int:
-    return sum(1 + (op_count(o[1]) if o[0] == "residual" else 0) for o in ops)
+    return sum(1 + (op_count(o[1]) if o[0] == "residual" else 6 if o[0] == "ttt" else 0) for o in ops)
 
 
 def loop_steps(spec: LayerSpec, n: int) -> int:

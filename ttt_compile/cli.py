@@ -50,6 +50,7 @@ def inspect(args: argparse.Namespace) -> int:
 
     import ttt_compile as tc
     from ttt_compile.configs import ConfigError
+    from ttt_compile.ir.primitive import loop_nesting
     from ttt_compile.training.tasks import resolve_layer
 
     options = {k: getattr(args, k) for k in ("steps", "batching", "chunk") if getattr(args, k) is not None}
@@ -63,8 +64,9 @@ def inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"layer": args.layer, "dim": args.dim, "heads": args.heads, "seq": args.seq,
                           "stages": [{"pass": name, "eqns": c.eqns, "flops": c.flops, "bytes": c.bytes,
-                                      "temp_bytes": c.temp_bytes, "notes": list(notes)}
-                                     for (name, _, c), (_, notes) in zip(prog.stages, prog.notes)]}))
+                                      "temp_bytes": c.temp_bytes, "notes": list(notes),
+                                      "loops": loop_nesting(closed)}
+                                     for (name, closed, c), (_, notes) in zip(prog.stages, prog.notes)]}))
         return 0
     print(prog.report())
     if args.diff:

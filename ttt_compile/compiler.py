@@ -15,7 +15,7 @@ from . import program_diff
 from .cost import Cost, measure
 from .program_diff import ProgramDiff
 from .ir.jaxpr_utils import count_eqns
-from .ir.primitive import contains_loop, emitting
+from .ir.primitive import contains_loop, emitting, loop_nesting
 from .layer.spec import INNER_DTYPES, SpecError
 from .layer.ttt_layer import TTTLayer
 
@@ -77,10 +77,15 @@ class Compiled(eqx.Module):
         return program_diff.diff(self.pipeline[stage - 1][1], self.pipeline[stage][1])
 
     def report(self, jaxprs: bool = False) -> str:
-        """Per stage: equations, FLOPs, bytes accessed, compiled temp memory, and the pass's notes."""
+        """Per stage: equations, FLOPs, bytes accessed, compiled temp memory, the ttt_loops left (as a
+        nesting: `{ }` holds the loops in a loop's body) and the pass's notes (a note about a nested
+        loop starts with its level and the loops around it)."""
         lines = [f"{'stage':<16}{'eqns':>7}{'FLOPs':>14}{'bytes':>14}{'temp bytes':>14}"]
         for (name, jaxpr, cost), (_, notes) in zip(self.stages, self.notes):
             lines.append(f"{name:<16}{cost.eqns:>7}{cost.flops:>14.4g}{cost.bytes:>14.4g}{cost.temp_bytes:>14,}")
+            nesting = loop_nesting(jaxpr)
+            if nesting:
+                lines.append(f"{'':<4}loops: {nesting}")
             lines.extend(f"{'':<4}- {n}" for n in notes)
             if jaxprs:
                 lines.append(str(jaxpr))

@@ -18,25 +18,30 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .interpreter import describe_loop
+from .notes import inside
 from .primitive import LoopInfo
 
 
 def step_fn(interp, li: LoopInfo, consts):
     """carry, x_t -> carry', y_t  evaluating the body through `interp` (checkpointed if remat set)."""
     def step(carry, xs):
-        out = interp.eval_closed(li.body, [*consts, *carry, *xs])
+        with inside(describe_loop(li.__dict__)):
+            out = interp.eval_closed(li.body, [*consts, *carry, *xs])
         out = [interp.instantiate(o, a) for o, a in zip(out, li.body.out_avals)]
         return out[:li.num_carry], out[li.num_carry:]
     return jax.checkpoint(step) if li.remat is not None else step
 
 
 def unroll(interp, li: LoopInfo, consts, carry, xs) -> list:
-    """T explicit steps; step t reads the static slice xs[t] (a contiguous block of the step axis)."""
+    """T explicit steps; step t reads the static slice xs[t] (a contiguous block of the step axis);
+    a `reverse` loop runs t = T-1, ..., 0 and still stacks ys[t] at index t."""
     step = step_fn(interp, li, consts)
     ys = []
-    for t in range(li.steps):
+    for t in (reversed(range(li.steps)) if li.reverse else range(li.steps)):
         carry, y = step(carry, [lax.index_in_dim(x, t, 0, keepdims=False) for x in xs])
         ys.append(y)
+    ys = ys[::-1] if li.reverse else ys
     stacked = [jnp.stack(col) for col in zip(*ys)] if ys and ys[0] else []
     return [*carry, *stacked]
 
@@ -68,10 +73,10 @@ def scan(interp, li: LoopInfo, consts, carry, xs) -> list:
 
     def nested(carry, xs, fs):
         if len(fs) == 1:
-            return lax.scan(step, carry, xs, length=fs[0])
+            return lax.scan(step, carry, xs, length=fs[0], reverse=li.reverse)
         inner = jax.checkpoint(lambda c, x: nested(c, x, fs[1:]))
         xs = [x.reshape(fs[0], -1, *x.shape[1:]) for x in xs]
-        carry, ys = lax.scan(inner, carry, xs, length=fs[0])
+        carry, ys = lax.scan(inner, carry, xs, length=fs[0], reverse=li.reverse)
         return carry, [y.reshape(-1, *y.shape[2:]) for y in ys]
 
     carry, ys = nested(list(carry), list(xs), fs)

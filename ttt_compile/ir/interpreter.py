@@ -29,7 +29,7 @@ from jax._src.lax import lax as lax_internal
 from jax.extend.core import ClosedJaxpr, Jaxpr, Literal, jaxprs_in_params, primitives
 
 from .jaxpr_utils import dce, hoist_consts
-from .notes import note
+from .notes import inside, note
 
 Rule = Callable[["Interpreter", Any, list], list]
 
@@ -108,9 +108,20 @@ def default_rule(interp: Interpreter, eqn, invals) -> list:
     return rewrite_region(interp, eqn, invals)
 
 
-def rewrite_region(interp: Interpreter, eqn, invals) -> list:
-    """Re-bind a higher-order equation with each of its sub-jaxprs rewritten by `interp`'s pass."""
+def describe_loop(params) -> str:
+    """A ttt_loop's name in notes: its role (and direction) and trip count, e.g. "transpose loop T=4"."""
+    rev = " reversed" if params.get("reverse") else ""
+    return f"{params.get('role', 'inner')}{rev} {params['schedule']} loop T={params['steps']}"
+
+
+def rewrite_region(interp: Interpreter, eqn, invals, **new_params) -> list:
+    """Re-bind a higher-order equation with each of its sub-jaxprs rewritten by `interp`'s pass (and
+    params updated by `new_params`).  A `ttt_loop` body is rewritten with notes naming the loop."""
     new = {}
+    if eqn.primitive.name == "ttt_loop":
+        with inside(describe_loop(eqn.params)):
+            body = interp.rewrite(eqn.params["body"])
+        return interp.bind(eqn, invals, **{**new_params, "body": body})
     for name, value in eqn.params.items():
         if isinstance(value, ClosedJaxpr):
             new[name] = interp.rewrite(value)
@@ -128,7 +139,7 @@ def rewrite_region(interp: Interpreter, eqn, invals) -> list:
         args = [interp.instantiate(x, v.aval) for x, v in zip(invals, eqn.invars)]
         return interp.emit(eqn.primitive, *closed.consts, *args,
                            **{**eqn.params, "jaxpr": hoist_consts(closed.jaxpr)})
-    return interp.bind(eqn, invals, **new)
+    return interp.bind(eqn, invals, **{**new, **new_params})
 
 
 def rewrite(closed: ClosedJaxpr, rules: dict, instantiate: Callable | None = None,

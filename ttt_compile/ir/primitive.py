@@ -7,7 +7,10 @@ parameters also say what the loop *is* (an inner loop of fast weights: `schedule
 `init` zero/learned, which carry leaves are the weights W and which the optimizer state, and how the
 backward pass should store it, `remat`).  Passes read those parameters to rewrite the loop; `lower`
 replaces it by `lax.scan`.  The impl (also its MLIR lowering, so `jax.jit` of an un-lowered program
-runs) is that scan, so an un-lowered program has the reference meaning.
+runs) is that scan, so an un-lowered program has the reference meaning.  `reverse` runs the steps
+backwards (a transposed loop); `role` says whether the loop is a layer's inner loop ("inner") or a
+loop that differentiation derived from one (`loop_ad`: "jvp", "forward", "tangent", "transpose"):
+AD keeps every derived loop a `ttt_loop`, so nested inner loops stay visible to the passes.
 
 The layer emits `ttt_loop` only while tracing for compilation (`emitting()`); the plain call path
 runs `lax.scan` directly and never touches this primitive.
@@ -23,7 +26,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.extend.core import ClosedJaxpr, Primitive, jaxpr_as_fun
-from jax.interpreters import ad, batching, mlir
+from jax._src.interpreters import batching
+from jax.interpreters import mlir
 from jax.interpreters import partial_eval as pe
 
 from .jaxpr_utils import dce, hoist_consts
@@ -46,6 +50,8 @@ class LoopInfo:
     num_carry: int
     num_weights: int
     remat: str | None
+    reverse: bool = False      # run the steps t = T-1, ..., 0 (a transposed loop)
+    role: str = "inner"        # "inner" (a layer's loop) or what AD derived it as (see loop_ad)
 
     def split(self, args):
         c, k = self.num_consts, self.num_consts + self.num_carry
@@ -53,7 +59,7 @@ class LoopInfo:
 
 
 def info(params: dict) -> LoopInfo:
-    return LoopInfo(**{f.name: params[f.name] for f in dataclasses.fields(LoopInfo)})
+    return LoopInfo(**{f.name: params[f.name] for f in dataclasses.fields(LoopInfo) if f.name in params})
 
 
 _EMIT = contextvars.ContextVar("ttt_compile_emit", default=False)
@@ -89,7 +95,8 @@ def scan_body(body: ClosedJaxpr, num_consts: int, num_carry: int) -> Callable:
 def _impl(*args, **params):
     li = info(params)
     consts, carry, xs = li.split(args)
-    carry, ys = lax.scan(scan_body(li.body, li.num_consts, li.num_carry)(consts), carry, xs, length=li.steps)
+    carry, ys = lax.scan(scan_body(li.body, li.num_consts, li.num_carry)(consts), carry, xs, length=li.steps,
+                         reverse=li.reverse)
     return [*carry, *ys]
 
 
@@ -101,32 +108,28 @@ def _abstract_eval(*avals, **params):
 
 
 def _batch(axis_data, vals, dims, **params):
-    """vmap: consts and carry batched on axis 0, xs on axis 1 (axis 0 is the step axis); all carry
-    leaves are batched (an unbatched W0 becomes batched after one step with batched data)."""
+    """vmap (JAX's scan rule): consts and carry batched on axis 0, xs and ys on axis 1 (axis 0 is the
+    step axis).  A carry leaf is batched if it starts batched or becomes batched after a step (an
+    unbatched W0 becomes batched after one step with batched data): a fixpoint over the carry."""
     li = info(params)
+    cb, kb, xb = li.split([d is not None for d in dims])
+    num_ys = len(li.body.out_avals) - li.num_carry
+    carry_b = kb
+    for _ in range(1 + li.num_carry):
+        body, out_b = batching.batch_jaxpr(li.body, axis_data, cb + carry_b + xb,
+                                           instantiate=carry_b + [False] * num_ys)
+        if out_b[:li.num_carry] == carry_b:
+            break
+        carry_b = [a or b for a, b in zip(carry_b, out_b[:li.num_carry])]
     consts, carry, xs = li.split(vals)
     cd, kd, xd = li.split(dims)
-    size = axis_data.size
-    consts = [c if d is None else jnp.moveaxis(c, d, 0) for c, d in zip(consts, cd)]
-    carry = [jnp.broadcast_to(c, (size, *jnp.shape(c))) if d is None else jnp.moveaxis(c, d, 0)
-             for c, d in zip(carry, kd)]
-    xs = [x if d is None else jnp.moveaxis(x, d, 1) for x, d in zip(xs, xd)]
-    in_axes = ([None if d is None else 0 for d in cd] + [0] * len(carry)
-               + [None if d is None else 0 for d in xd])
-    fun = jaxpr_as_fun(li.body)
-    sliced = [jax.ShapeDtypeStruct(x.shape[1:], x.dtype) for x in xs]
-    abstract = [jax.ShapeDtypeStruct(v.shape, v.dtype) for v in consts + carry] + sliced
-    body = jax.make_jaxpr(jax.vmap(lambda *a: fun(*a), in_axes=in_axes, axis_size=size,
-                                   axis_name=axis_data.name, spmd_axis_name=axis_data.spmd_name))(*abstract)
+    consts = [c if d is None else batching.moveaxis(c, d, 0) for c, d in zip(consts, cd)]
+    carry = [batching.moveaxis(c, d, 0) if d is not None
+             else batching.broadcast(c, axis_data.size, 0, axis_data.explicit_mesh_axis) if b else c
+             for c, d, b in zip(carry, kd, carry_b)]
+    xs = [x if d is None else batching.moveaxis(x, d, 1) for x, d in zip(xs, xd)]
     out = ttt_loop_p.bind(*consts, *carry, *xs, **{**params, "body": body})
-    ny = len(out) - li.num_carry
-    return out, [0] * li.num_carry + [1] * ny
-
-
-def _jvp(primals, tangents, **params):
-    """Differentiating an un-lowered loop differentiates its impl (it becomes a scan under AD)."""
-    tangents = [ad.instantiate_zeros(t) for t in tangents]
-    return jax.jvp(lambda *a: _impl(*a, **params), list(primals), tangents)
+    return out, [0 if b else None for b in carry_b] + [1 if b else None for b in out_b[li.num_carry:]]
 
 
 def _dce(used_outputs: list[bool], eqn):
@@ -159,7 +162,6 @@ ttt_loop_p.def_impl(_impl)
 ttt_loop_p.def_abstract_eval(_abstract_eval)
 batching.fancy_primitive_batchers[ttt_loop_p] = _batch
 pe.dce_rules[ttt_loop_p] = _dce
-ad.primitive_jvps[ttt_loop_p] = _jvp
 mlir.register_lowering(ttt_loop_p, mlir.lower_fun(_impl, multiple_results=True))
 
 
@@ -199,7 +201,7 @@ def ttt_loop(step: Callable, consts, carry, xs, *, steps: int, schedule: str, in
     flat_xs = jax.tree_util.tree_leaves(xs)
     out = ttt_loop_p.bind(*hoisted, *flat_consts, *flat_carry, *flat_xs, body=body, steps=steps,
                           schedule=schedule, init=init, num_consts=len(hoisted) + len(flat_consts),
-                          num_carry=len(flat_carry), num_weights=num_weights, remat=None)
+                          num_carry=len(flat_carry), num_weights=num_weights, remat=None, reverse=False, role="inner")
     carry_out = jax.tree_util.tree_unflatten(carry_tree, out[:len(flat_carry)])
     _, ys_tree = out_tree.children()
     return carry_out, jax.tree_util.tree_unflatten(ys_tree, out[len(flat_carry):])
@@ -211,3 +213,26 @@ def contains_loop(jaxpr) -> bool:
     jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
     return any(e.primitive is ttt_loop_p or any(contains_loop(j) for j in jaxprs_in_params(e.params))
                for e in jaxpr.eqns)
+
+
+def loop_nesting(jaxpr) -> str:
+    """The ttt_loops of a program as a nesting, e.g. "inner full T=2 { forward full T=1, transpose
+    reversed full T=1 }, inner full T=1" (loops inside jit/scan/checkpoint regions included)."""
+    from jax.extend.core import jaxprs_in_params
+
+    def walk(j):
+        out = []
+        for e in getattr(j, "jaxpr", j).eqns:
+            if e.primitive is ttt_loop_p:
+                p = e.params
+                name = f"{p['role']}{' reversed' if p['reverse'] else ''} {p['schedule']} T={p['steps']}"
+                inner = walk(p["body"])
+                out.append(name + (f" {{ {', '.join(inner)} }}" if inner else ""))
+            else:
+                for sub in jaxprs_in_params(e.params):
+                    out.extend(walk(sub))
+        return out
+    return ", ".join(walk(jaxpr))
+
+
+from . import loop_ad  # noqa: E402,F401  (registers ttt_loop's AD rules; it imports this module)
