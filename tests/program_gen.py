@@ -551,12 +551,6 @@ def size(program: Program) -> int:
 
 
 # =========================================================================== program strategy
-#: (n, heads, d_h) of the default run: few shapes, so that the executables JAX compiles per primitive and
-#: shape are reused across programs (each new shape costs a compile per primitive); n = 1, a prime and
-#: composites, heads 1-3, d_h not a power of two (but one).  The slow run draws every shape.
-FEW_SHAPES = ((1, 1, 5), (7, 2, 3), (6, 3, 2), (12, 2, 5))
-
-
 def programs(kinds=KINDS, wrappers=WRAPPERS, max_size: int = 10**9, shapes=None):
     """Generated programs of at most `max_size` (see `size`), with (n, heads, d_h) from `shapes` (all
     n <= 13, d <= 12 if None)."""
