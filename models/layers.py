@@ -138,7 +138,7 @@ def task_for(parametrisation: str, decoder_ln: bool, bias: bool | None) -> Recon
     return task if bias is None else dataclasses.replace(task, bias=bias)
 
 
-def _ttt(name, learner, dim, heads, key, options, **defaults) -> TTTLayer:
+def _ttt(name, learner, dim, heads, key, options, outer=None, **defaults) -> TTTLayer:
     _check_dims(dim, heads)
     o = _options(name, options, {**_TTT_OPTIONS, **defaults})
     opt = o["optimizer"] if o["optimizer"] is not None else optax.sgd(o["lr"])
@@ -146,7 +146,7 @@ def _ttt(name, learner, dim, heads, key, options, **defaults) -> TTTLayer:
                     inner=Inner(steps=o["steps"], batching=o["batching"], chunk=o["chunk"], optimizer=opt,
                                 eta=o["eta"], eta_base=o["eta_base"], dtype=o["inner_dtype"],
                                 token_chunk=o["token_chunk"]),
-                    key=key)
+                    outer=outer, key=key)
 
 
 def mttt_linear(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:
@@ -166,6 +166,49 @@ def mttt_mlp(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:
     return _ttt("mttt_mlp", learner, dim, heads, k_layer, options, init="learned", decoder_ln=True)
 
 
+class NestedMLP(eqx.Module):
+    """A two-level learner: MTTT-MLP's learner whose hidden layer learns at test time itself.
+
+        u = reshape(W1 z + b1, (m, d')),   f(z; W) = W2 gelu(vec(u + TTT_inner(u))) + b2
+
+    TTT_inner is an MTTT-Linear layer (one head, W0 = 0, T = 1, eta = 1) over the m sub-tokens of
+    width d' of one token's hidden vector (hidden = m d' = 4 d_h, as MTTT-MLP's); its phi, psi, g, h
+    are outer parameters (`outer=lambda f: f.inner`), W1, b1, W2, b2 fast weights."""
+
+    W1: Float[Array, "hidden dh"]
+    b1: Float[Array, " hidden"]
+    W2: Float[Array, "dh hidden"]
+    b2: Float[Array, " dh"]
+    inner: TTTLayer
+    m: int = eqx.field(static=True)
+
+    def __init__(self, dh: int, *, sub: int = 8, key: PRNGKeyArray):
+        hidden = 4 * dh
+        if hidden % sub:
+            raise SpecError(f"NestedMLP: sub-token width sub={sub} must divide the hidden width 4 d_h = {hidden}")
+        k1, k2, k3 = jax.random.split(key, 3)
+        self.W1 = jax.random.normal(k1, (hidden, dh)) / math.sqrt(dh)
+        self.b1 = jnp.zeros((hidden,))
+        self.W2 = jax.random.normal(k2, (dh, hidden)) / math.sqrt(hidden)
+        self.b2 = jnp.zeros((dh,))
+        self.inner = TTTLayer(sub, 1, Linear(sub), inner=Inner(optimizer=optax.sgd(1.0)), key=k3)
+        self.m = hidden // sub
+
+    def __call__(self, z: Float[Array, " dh"]) -> Float[Array, " dh"]:
+        u = (self.W1 @ z + self.b1).reshape(self.m, -1)
+        return self.W2 @ jax.nn.gelu((u + self.inner(u)).reshape(-1)) + self.b2
+
+
+def mttt_nested(*, dim: int, heads: int, key: PRNGKeyArray, sub: int = 8, **options) -> TTTLayer:
+    """Two-level MTTT: the `NestedMLP` learner (an MTTT-Linear layer inside MTTT-MLP's learner, over
+    sub-tokens of width `sub`), learned W0, decoder LN (the TTT options of mttt_mlp)."""
+    _check_dims(dim, heads)
+    k_learner, k_layer = jax.random.split(key)
+    learner = NestedMLP(dim // heads, sub=sub, key=k_learner)
+    return _ttt("mttt_nested", learner, dim, heads, k_layer, options, outer=lambda f: f.inner, init="learned",
+                decoder_ln=True)
+
+
 def mttt_kernel(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:
     """MTTT with a Nadaraya-Watson learner: softmax attention as a test-time learner (eq. 1's
     parametrisation: the released code has no such layer, and loss / d_h would scale the values)."""
@@ -176,7 +219,7 @@ def mttt_kernel(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLay
 
 PRESETS = {"self_attention": self_attention, "linear_attention": linear_attention,
            "linear_attention_elu1": lambda **kw: linear_attention(feature_map="elu1", **kw),
-           "mttt_linear": mttt_linear, "mttt_mlp": mttt_mlp, "mttt_kernel": mttt_kernel}
+           "mttt_linear": mttt_linear, "mttt_mlp": mttt_mlp, "mttt_kernel": mttt_kernel, "mttt_nested": mttt_nested}
 
 
 def get(name: str):

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from ttt_compile.benchmarks.tables import provenance
 
-ROWS = ("lm_linear_attention", "lm_mttt_linear", "lm_mttt_mlp", "lm_self_attention")
+ROWS = ("lm_linear_attention", "lm_mttt_linear", "lm_mttt_mlp", "lm_self_attention", "lm_mttt_nested")
 ETA_GRID = {"lm_mttt_linear": (0.001, 0.003, 0.01), "lm_mttt_mlp": (0.001, 0.003, 0.01)}
 PROMPT = "1. Ada and Finn lived near"
 
@@ -37,7 +37,7 @@ def train_row(config, runs: Path, steps: int | None) -> dict:
     workdir = runs / config.name
     shutil.rmtree(workdir, ignore_errors=True)
     t0 = time.perf_counter()
-    result = train(config, workdir=workdir, steps=steps, verbose=False, plots=False)
+    result = train(config, workdir=workdir, steps=steps, verbose=False, plots=False, count_flops=True)
     wall = time.perf_counter() - t0
     records = read_metrics(workdir / "metrics.jsonl")
     train_records = [r for r in records if r["split"] == "train"]
@@ -46,6 +46,7 @@ def train_row(config, runs: Path, steps: int | None) -> dict:
     return {"config": config.to_dict(), "params": result["params"], "train_loss": train_records[-1]["loss"],
             "val_loss": test["loss"], "val_ppl": test["perplexity"], "val_bpc": test["bits_per_token"],
             "steps_per_s": sorted(rate)[len(rate) // 2] / config.batch_size, "wall_s": wall,
+            "flops_per_step": result["flops_per_step"],
             "losses": [(r["step"], r["loss"]) for r in train_records], "model": result["model"]}
 
 
@@ -88,18 +89,31 @@ def markdown(rows: list[dict], meta: dict, etas: dict) -> str:
              "text). Train: first 90%, validation: the first "
              f"{c0['eval_examples']} windows of the last 10%.", "",
              f"Model: causal LM, width {c0['width']}, depth {c0['depth']}, heads {c0['heads']}, MLP {c0['mlp_dim']}, "
-             f"context {c0['seq_len']}, AdamW lr {c0['lr']}, batch {c0['batch_size']}, {meta['steps']} steps, seed "
-             f"{c0['seed']}. Machine: {meta['cpu']}, {meta['cpus']} CPUs (shared with other jobs, so steps/s are "
+             f"context {c0['seq_len']}, AdamW lr {c0['lr']}, batch {c0['batch_size']}, {meta['steps']} steps, seed(s) "
+             f"{meta.get('seeds', [c0['seed']])}. Machine: {meta['cpu']}, {meta['cpus']} CPUs (shared with other jobs, so steps/s are "
              f"indicative only); total wall time {meta['wall_s'] / 60:.1f} min. Command: `{meta['command']}`.", "",
              "| config | mixer | chunk b | inner eta | params | train loss (last log) | val loss | val perplexity "
-             "/ char | bits / char | steps / s |", "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "/ char | bits / char | steps / s | MFLOP / step |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
         c = r["config"]
         opts = c["layer_options"]
         ttt = c["layer"].startswith("mttt")
+        flops = f"{r['flops_per_step'] / 1e6:,.0f}" if r.get("flops_per_step") else "-"
         lines.append(f"| {c['name']} | {c['layer']} | {opts.get('chunk', '-')} | {opts.get('lr', '-') if ttt else '-'} | "
                      f"{r['params']:,} | {r['train_loss']:.3f} | {r['val_loss']:.3f} | {r['val_ppl']:.2f} | "
-                     f"{r['val_bpc']:.3f} | {r['steps_per_s']:.1f} |")
+                     f"{r['val_bpc']:.3f} | {r['steps_per_s']:.1f} | {flops} |")
+    by_layer = {}
+    for r in rows:
+        by_layer.setdefault(r["config"]["layer"], []).append(r)
+    if any(len(rs) > 1 for rs in by_layer.values()):
+        lines += ["", "Over seeds, mean (min..max):", "", "| mixer | runs | val loss | bits / char | steps / s (median) |",
+                  "| --- | ---: | ---: | ---: | ---: |"]
+        for layer, rs in by_layer.items():
+            vl, bpc = [r["val_loss"] for r in rs], [r["val_bpc"] for r in rs]
+            lines.append(f"| {layer} | {len(rs)} | {sum(vl) / len(vl):.3f} ({min(vl):.3f}..{max(vl):.3f}) | "
+                         f"{sum(bpc) / len(bpc):.3f} ({min(bpc):.3f}..{max(bpc):.3f}) | "
+                         f"{sorted(r['steps_per_s'] for r in rs)[len(rs) // 2]:.1f} |")
     for name, sw in etas.items():
         runs = ", ".join(f"{eta}: {loss:.3f}" for eta, loss in sw["runs"])
         lines += ["", f"eta for {name} chosen by a {sw['steps']}-step sweep (validation loss per eta: {runs}); "
@@ -115,6 +129,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where lm_table.{json,md} go (default runs/tables/lm)")
     parser.add_argument("--runs", type=Path, default=Path("runs/lm_table"), help="per-run work folders")
     parser.add_argument("--only", nargs="+", default=None, choices=ROWS, help="a subset of rows")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="train each row once per seed")
     parser.add_argument("--sweep", type=int, default=0, help="steps of the eta sweep (0: no sweep)")
     parser.add_argument("--sweep-from", type=Path, default=None, help="reuse a sweep written by --sweep")
     parser.add_argument("--no-samples", action="store_true", help="skip the greedy samples")
@@ -144,18 +159,22 @@ def run_table(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     corpus = Corpus.load()
     rows = []
     for name in names:
-        config = load_config(name)
-        if name in etas:
-            config = config.replace(layer_options={**config.layer_options, "lr": etas[name]["best"]})
-        log(f"{name}:")
-        row = train_row(config, args.runs, args.steps)
-        model = row.pop("model")
-        if not args.no_samples and config.layer != "self_attention":
-            row["sample"] = sample(model)
-        log(f"  val loss {row['val_loss']:.4f}  ppl {row['val_ppl']:.3f}  ({row['wall_s']:.0f}s)")
-        rows.append(row)
+        for seed in args.seeds:
+            config = load_config(name).replace(seed=seed)
+            if len(args.seeds) > 1:
+                config = config.replace(name=f"{name}_s{seed}")
+            if name in etas:
+                config = config.replace(layer_options={**config.layer_options, "lr": etas[name]["best"]})
+            log(f"{config.name}:")
+            row = train_row(config, args.runs, args.steps)
+            model = row.pop("model")
+            if not args.no_samples and config.layer != "self_attention":
+                row["sample"] = sample(model)
+            log(f"  val loss {row['val_loss']:.4f}  ppl {row['val_ppl']:.3f}  ({row['wall_s']:.0f}s)")
+            rows.append(row)
     meta = {**provenance.machine_facts(), "chars": len(corpus.train) + len(corpus.val), "vocab": corpus.vocab.size,
-            "steps": args.steps or rows[0]["config"]["steps"], "command": provenance.command("lm", argv),
+            "steps": args.steps or rows[0]["config"]["steps"], "seeds": args.seeds,
+            "command": provenance.command("lm", argv),
             "wall_s": time.perf_counter() - t0}
     (out / "lm_table.json").write_text(json.dumps({"meta": meta, "rows": rows, "eta_sweep": etas}, indent=1))
     (out / "lm_table.md").write_text(markdown(rows, meta, etas))

@@ -298,7 +298,7 @@ def validate(config: Config, *, num_devices: int = 1, image_size: int | None = N
 
 
 #: The layers a causal LM can use (each made causal: see ttt_compile.training.tasks.causal_mixer).
-SEQUENCE_LAYERS = ("linear_attention", "linear_attention_elu1", "mttt_linear", "mttt_mlp", "self_attention")
+SEQUENCE_LAYERS = ("linear_attention", "linear_attention_elu1", "mttt_linear", "mttt_mlp", "mttt_nested", "self_attention")
 
 
 def layer_presets() -> list[str]:

@@ -39,6 +39,7 @@ from jax.sharding import Mesh
 from jaxtyping import Array, PyTree
 from tqdm.auto import tqdm
 
+from ttt_compile import cost
 from ttt_compile.configs import Config, ConfigError, data_spec, format_config, validate
 from ttt_compile.training import data as data_lib
 from ttt_compile.training import sharding
@@ -167,13 +168,16 @@ def _abstract(tree: PyTree, shardings: PyTree) -> PyTree:
 @beartype
 def train(config: Config, *, data: str | None = None, workdir: str | os.PathLike | None = None,
           steps: int | None = None, resume: bool = False, devices: Sequence[Any] | None = None,
-          verbose: bool = True, plots: bool = True) -> dict[str, Any]:
-    """Train ``config`` and return ``{"step", "test_loss", "test_accuracy", "test", "params", "workdir"}``.
+          verbose: bool = True, plots: bool = True, count_flops: bool = False) -> dict[str, Any]:
+    """Train ``config`` and return ``{"step", "test_loss", "test_accuracy", "test", "params", "workdir",
+    "memory", "flops_per_step"}``.
 
     ``data`` overrides ``config.data``; ``steps`` overrides the run's length (the warmup is scaled by
     the same factor); ``resume`` continues from the newest readable checkpoint in ``workdir`` (default
     ``runs/<config.name>``); ``devices`` (default: every device of every process) carry the mesh;
-    ``verbose`` prints the config, progress bars and evaluations; ``plots`` draws ``plots/*.png``.
+    ``verbose`` prints the config, progress bars and evaluations; ``plots`` draws ``plots/*.png``;
+    ``count_flops`` counts one training step's FLOPs (`ttt_compile.cost`: XLA's count with loop trip
+    counts; one more compile of the step), else ``flops_per_step`` is None.
     """
     if data is not None:
         config = config.replace(data=data)
@@ -245,10 +249,14 @@ def train(config: Config, *, data: str | None = None, workdir: str | os.PathLike
     rate_key = f"{task.unit}_per_s"
     t_run = time.perf_counter()
     memory: dict[str, int] = {}
+    flops = None
     try:
         for step in range(start + 1, total + 1):
             batch = sharding.shard_batch(next(batches), mesh)
             if not memory:  # compiled ahead of time, so that its memory analysis is recorded
+                if count_flops:
+                    flops = cost.of(train_step, params, opt_state, batch).flops
+                    say(f"FLOPs per training step: {flops:.4g}")
                 train_step = train_step.lower(params, opt_state, batch).compile()
                 memory = compiled_memory(train_step, (params, opt_state), batch)
                 say(f"per-device memory: parameters + optimiser state {memory['state_bytes']:,} B, "
@@ -294,4 +302,4 @@ def train(config: Config, *, data: str | None = None, workdir: str | os.PathLike
     say(f"test accuracy: {accuracy:.4f}")
     return {"step": total, "test_loss": last_eval.get("loss", float("nan")), "test_accuracy": accuracy,
             "test": last_eval, "params": sum(x.size for x in jax.tree_util.tree_leaves(params)), "memory": memory,
-            "workdir": str(workdir), "model": eqx.combine(params, static)}
+            "flops_per_step": flops, "workdir": str(workdir), "model": eqx.combine(params, static)}
