@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import platform
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from ttt_compile.models import layers
 from ttt_compile.models.causal import causal_linear_attention
 
 from . import timing
+from .report import write_results
 
 DIM, HEADS, ETA = 256, 4, 0.01
 BASELINE = "causal linear attention, scan, chunk 64"
@@ -124,10 +124,7 @@ def main(argv=None) -> int:
         f" --rounds {args.rounds}" if args.rounds != 9 else "")
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "command": command,
               "machine": f"{platform.machine()} CPU", "jax": jax.__version__, **run(args.n, args.rounds)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "causal_throughput.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "causal_throughput.md").write_text(markdown(result))
-    print(f"wrote {args.out / 'causal_throughput.json'} and causal_throughput.md")
+    write_results(args.out, "causal_throughput", result, markdown(result))
     return 0
 
 

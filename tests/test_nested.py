@@ -4,6 +4,7 @@ import importlib.util
 import json
 import pathlib
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -139,6 +140,28 @@ def test_nested_example_validates_with_default_passes(inner_fast):
     assert v.ok(1e-10), v
 
 
+def test_two_level_preset_validates_and_matches_mlp_parameter_count():
+    """`layers.mttt_nested` (the experiment's mixer): causal online loop over a learner holding a TTT
+    layer; the default passes keep values and outer gradients (float64), every nested loop is gone, and
+    its parameter count is MTTT-MLP's plus the inner layer's outer maps (< 1% more at d_h = 32)."""
+    from ttt_compile.models import layers
+    with jax.enable_x64(True):
+        kw = dict(dim=16, heads=2, key=jax.random.PRNGKey(0), batching="online", chunk=4, lr=0.05, parametrisation="paper")
+        layer = layers.mttt_nested(sub=4, **kw)
+        x = jax.random.normal(jax.random.PRNGKey(1), (8, 16), jnp.float64)
+        prog = tc.compile(layer, x)
+        assert not contains_loop(prog.jaxpr)
+        assert "{ forward full T=1, transpose reversed full T=1, inner full T=1 }" in prog.report()
+        v = tc.validate.compare(layer, prog, x)
+    assert v.ok(1e-10), v
+    count = lambda m: sum(a.size for a in jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_inexact_array)))  # noqa: E731
+    big = dict(dim=64, heads=2, key=jax.random.PRNGKey(0))
+    nested, mlp = count(layers.mttt_nested(**big)), count(layers.mttt_mlp(**big))
+    assert mlp < nested < 1.01 * mlp, (nested, mlp)
+    with pytest.raises(tc.SpecError, match="sub-token width"):
+        layers.mttt_nested(dim=16, heads=2, key=jax.random.PRNGKey(0), sub=5)
+
+
 def test_every_pass_reaches_the_nested_level_and_notes_name_it():
     """remat marks the nested loops too (schemes compose with the outer loop's),
     fold_zero_init peels the inner layer's zero-init loop inside the outer body, and the report shows
@@ -227,6 +250,11 @@ def test_cost_multiplies_nested_trip_counts():
     dots = 3 * (4 + 1) * 2 * d ** 3
     assert dots <= flat and abs(nested - flat) <= 1e-3 * flat, (nested, flat)
     assert cost._xla(scans)[0] < 0.3 * nested                 # what XLA reports without trip counts
+    # by level: the 12 inner steps' matmuls at level 2, the 3 outer steps' W @ A at level 1, nothing outside
+    levels = cost.by_level(closed)
+    assert len(levels) == 3 and abs(sum(levels) - nested) <= 1e-6 * nested, (levels, nested)
+    assert 12 * 2 * d ** 3 <= levels[2] <= 1.05 * 12 * 2 * d ** 3 and 3 * 2 * d ** 3 <= levels[1] <= 1.05 * 3 * 2 * d ** 3
+    assert levels[0] <= 0.01 * nested, levels
     # the outer gradient: forward and transposed loops nested in both loops, per-step residual stacking
     nested_g, flat_g = cost.measure(P.lower(grad)).flops, cost.measure(P.unroll(grad)).flops
     assert abs(nested_g - flat_g) <= 0.05 * flat_g, (nested_g, flat_g)

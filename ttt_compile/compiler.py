@@ -13,6 +13,7 @@ from jax.extend.core import ClosedJaxpr, jaxpr_as_fun
 from . import passes as P
 from . import program_diff
 from .cost import Cost, measure
+from .cost import by_level as cost_by_level
 from .program_diff import ProgramDiff
 from .ir.jaxpr_utils import count_eqns
 from .ir.primitive import contains_loop, emitting, loop_nesting
@@ -86,6 +87,9 @@ class Compiled(eqx.Module):
             nesting = loop_nesting(jaxpr)
             if nesting:
                 lines.append(f"{'':<4}loops: {nesting}")
+            if "{" in nesting:                      # nested loops: where the FLOPs are, level by level
+                levels = ", ".join(f"level {k} {f:.4g}" for k, f in enumerate(cost_by_level(jaxpr)))
+                lines.append(f"{'':<4}FLOPs by loop level: {levels}")
             lines.extend(f"{'':<4}- {n}" for n in notes)
             if jaxprs:
                 lines.append(str(jaxpr))

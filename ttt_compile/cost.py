@@ -76,6 +76,24 @@ def measure(closed: ClosedJaxpr) -> Cost:
     return Cost(flops=flops, bytes=bytes_, temp_bytes=temp, eqns=count_eqns(closed))
 
 
+def by_level(closed: ClosedJaxpr) -> list[float]:
+    """FLOPs at each loop-nesting level, trip counts included: entry k is what runs inside k nested
+    loops and no deeper (level 0: outside every loop), so the entries sum to `measure(closed).flops`
+    up to XLA fusing a body differently in and out of context:
+
+        levels(P) = [F(P) - sum_L trips_L F(body_L)] + sum_L trips_L * shift(levels(body_L))
+
+    Every loop body is compiled on its own (also where XLA unrolled the loop)."""
+    f, *_ = _true(closed)
+    inner, top = [], f
+    for body, trips in _loops(closed.jaxpr):
+        sub = by_level(body if isinstance(body, ClosedJaxpr) else ClosedJaxpr(body, []))
+        top -= trips * sum(sub)
+        inner = [a + trips * b for a, b in zip(inner + [0.0] * (len(sub) - len(inner)),
+                                               sub + [0.0] * (len(inner) - len(sub)))]
+    return [top, *inner]
+
+
 def of(fn: Callable, *args) -> Cost:
     """Cost of `fn(*args)` (traced with jax.make_jaxpr)."""
     return measure(jax.make_jaxpr(fn)(*args))
