@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import tempfile
@@ -25,6 +24,7 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image
+from ttt_compile.benchmarks.report import write_results
 
 IMAGENET_SIZES = ((500, 375), (375, 500), (500, 333), (640, 480), (333, 500), (400, 300))
 CLASSES = ("n01440764", "n01443537", "n01484850", "n01491361")
@@ -110,10 +110,7 @@ def main(argv=None) -> int:
                          + (f" --images {args.images}" if args.images != 200 else ""),
               "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, Pillow {Image.__version__}",
               **measure(args.images)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "imagenet_pipeline.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "imagenet_pipeline.md").write_text(markdown(result))
-    print(f"wrote {args.out / 'imagenet_pipeline.json'} and imagenet_pipeline.md")
+    write_results(args.out, "imagenet_pipeline", result, markdown(result))
     return 0
 
 

@@ -38,6 +38,7 @@ import ttt_compile.passes.dual_form  # noqa: F401  (registers the pass)
 from ttt_compile.compiler import DEFAULT
 from ttt_compile.models import layers
 from ttt_compile.models.causal import causal_linear_attention
+from ttt_compile.benchmarks.report import write_results
 
 DIM, HEADS = 256, 4
 ETA = 0.01
@@ -206,10 +207,7 @@ def main(argv=None) -> int:
     if not args.no_throughput:
         print("throughput (fwd + bwd):")
         result["throughput"] = throughput(1024 if args.quick else 4096, 4 if args.quick else args.rounds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "memory_online.json").write_text(json.dumps(result, indent=1))
-    (args.out / "memory_online.md").write_text(markdown(result))
-    print(f"wrote {args.out / 'memory_online.json'} and memory_online.md")
+    write_results(args.out, "memory_online", result, markdown(result))
     return 0
 
 

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import ttt_compile as tc
 from ttt_compile.compiler import DEFAULT
 from ttt_compile.models import layers
+from ttt_compile.benchmarks.report import write_results
 
 DIM, HEADS, DEPTH = 192, 3, 12            # ViT-Ti
 N = 224 * 224
@@ -218,10 +219,7 @@ def main(argv=None) -> int:
                 result["model"].append({"layer": name, "error": f"{type(e).__name__}: {str(e)[:200]}"})
             print(f"  model {name}: {result['model'][-1]}", flush=True)
         result["model_date"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "pixels.json").write_text(json.dumps(result, indent=1) + "\n")
-    (args.out / "pixels.md").write_text(markdown(result))
-    print(f"wrote {args.out / 'pixels.json'} and pixels.md")
+    write_results(args.out, "pixels", result, markdown(result))
     return 0
 
 

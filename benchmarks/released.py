@@ -31,7 +31,6 @@ import dataclasses
 import datetime
 import gc
 import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -47,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import timing
+from .report import write_results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,10 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     res |= {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": facts,
             "source": source, "loadavg_end": list(os.getloadavg()),
             "command": "python -m ttt_compile.benchmarks.released " + " ".join(sys.argv[1:] if argv is None else argv)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "released.json").write_text(json.dumps(res, indent=1))
-    (args.out / "released.md").write_text(markdown(res))
-    log(f"wrote {args.out / 'released.json'} and released.md")
+    write_results(args.out, "released", res, markdown(res), log=log)
     return 0
 
 

@@ -3,6 +3,9 @@
 Each test compiles a plain program the way a user writes it and checks the compiled program against
 the numbers the un-compiled one gives (values and outer gradients, float64).
 """
+import os
+import sys
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -12,6 +15,9 @@ import pytest
 
 import ttt_compile as tc
 from ttt_compile.models import layers
+
+sys.path.insert(0, os.path.dirname(__file__))
+import np_eval  # noqa: E402
 
 KEY = jax.random.PRNGKey(0)
 PIPELINES = ["none", "default", ["simplify"], ["fold_zero_init", "simplify"], ["unroll", "fold_zero_init", "simplify",
@@ -24,19 +30,29 @@ def float64():
         yield
 
 
-def grads(model, x):
-    """d/dtheta sum(sin(model(x)) * r) for every float leaf theta, r a fixed cotangent."""
-    y = model(x)
-    r = jax.random.normal(jax.random.PRNGKey(1), y.shape, y.dtype)
-    g = eqx.filter_grad(lambda m: jnp.sum(jnp.sin(m(x)) * r))(model)
-    return jax.tree_util.tree_leaves(eqx.filter(g, eqx.is_inexact_array))
+def value_and_grads(model, x):
+    """(model(x), [d/dtheta sum(sin(model(x)) * r) for every float leaf theta]), r a fixed cotangent:
+    traced once and evaluated with NumPy (tests/np_eval.py; eager JAX took minutes for these tests)."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    shape = jax.eval_shape(model, x)
+    r = jax.random.normal(jax.random.PRNGKey(1), shape.shape, shape.dtype)
+
+    def fn(p):
+        y = eqx.combine(p, static)(x)
+        g = jax.grad(lambda q: jnp.sum(jnp.sin(eqx.combine(q, static)(x)) * r))(p)
+        return y, jax.tree_util.tree_leaves(g)
+
+    closed, shapes = jax.make_jaxpr(fn, return_shape=True)(params)
+    flat = np_eval.eval_closed(closed, *jax.tree_util.tree_leaves(params))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), flat)
 
 
 def assert_same_program(model, x, passes, rtol=1e-10):
     """Values and outer gradients of tc.compile(model, x, passes) equal the un-compiled model's."""
     compiled = tc.compile(model, x, passes=passes)
-    np.testing.assert_allclose(compiled(x), model(x), rtol=rtol, atol=rtol)
-    for a, b in zip(grads(compiled, x), grads(model, x), strict=True):
+    (y, g), (y_ref, g_ref) = value_and_grads(compiled, x), value_and_grads(model, x)
+    np.testing.assert_allclose(y, y_ref, rtol=rtol, atol=rtol)
+    for a, b in zip(g, g_ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol)
     return compiled
 
