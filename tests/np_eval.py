@@ -331,3 +331,37 @@ def _fallback(eqn, invals) -> list:
         outs = prim.bind(*[jnp.asarray(a) for a in invals], **prim.get_bind_params(eqn.params))
     outs = outs if prim.multiple_results else [outs]
     return [np.asarray(o) for o in outs]
+
+
+def compare(reference, candidate, x, *, key=None):
+    """`ttt_compile.validate.compare` (values and outer gradients of sum(sin(model(x)) * r) of two
+    models with the same float leaves), each model traced once and evaluated here with NumPy instead of
+    XLA-compiled: the same `Validation`, without two compiles per model."""
+    import equinox as eqx
+
+    from ttt_compile.validate import Validation, relative_error
+
+    key = jax.random.PRNGKey(0) if key is None else key
+    shape = jax.eval_shape(reference, x)
+    r = jax.random.normal(key, shape.shape, shape.dtype)
+
+    def value_and_grads(model):
+        params, static = eqx.partition(model, eqx.is_inexact_array)
+
+        def fn(p):
+            y = eqx.combine(p, static)(x)
+            g = jax.grad(lambda q: jnp.sum(jnp.sin(eqx.combine(q, static)(x)) * r))(p)
+            return y, jax.tree_util.tree_leaves(g)
+
+        closed, shapes = jax.make_jaxpr(fn, return_shape=True)(params)
+        flat = eval_closed(closed, *jax.tree_util.tree_leaves(params))
+        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), flat)
+
+    y_ref, g_ref = value_and_grads(reference)
+    y, g = value_and_grads(candidate)
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(
+        eqx.filter(reference, eqx.is_inexact_array))]
+    if len(g) != len(g_ref):
+        raise ValueError(f"the two models have {len(g_ref)} and {len(g)} float leaves")
+    worst = max(((relative_error(b, a), p) for p, a, b in zip(paths, g_ref, g)), default=(0.0, ""))
+    return Validation(relative_error(y, y_ref), worst[0], worst[1])

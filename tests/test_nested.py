@@ -2,7 +2,9 @@
 compiles and validates at every level (float64 values and outer gradients)."""
 import importlib.util
 import json
+import os
 import pathlib
+import sys
 
 import equinox as eqx
 import jax
@@ -15,6 +17,10 @@ from jax.extend.core import jaxpr_as_fun, jaxprs_in_params
 import ttt_compile as tc
 import ttt_compile.passes as P
 from ttt_compile.ir import contains_loop, emitting, ttt_loop, ttt_loop_p
+from ttt_compile.ir.primitive import loop_nesting
+
+sys.path.insert(0, os.path.dirname(__file__))
+import np_eval  # noqa: E402
 
 EXAMPLE = pathlib.Path(__file__).resolve().parents[1] / "examples" / "nested_learner.py"
 
@@ -136,7 +142,7 @@ def test_nested_example_validates_with_default_passes(inner_fast):
         prog = tc.compile(layer, x)
         assert not contains_loop(prog.jaxpr)
         assert [n for n, _ in prog.notes] == ["trace", *P.DEFAULT]
-        v = tc.validate.compare(layer, prog, x)
+        v = np_eval.compare(layer, prog, x)
     assert v.ok(1e-10), v
 
 
@@ -151,8 +157,8 @@ def test_two_level_preset_validates_and_matches_mlp_parameter_count():
         x = jax.random.normal(jax.random.PRNGKey(1), (8, 16), jnp.float64)
         prog = tc.compile(layer, x)
         assert not contains_loop(prog.jaxpr)
-        assert "{ forward full T=1, transpose reversed full T=1, inner full T=1 }" in prog.report()
-        v = tc.validate.compare(layer, prog, x)
+        assert "{ forward full T=1, transpose reversed full T=1, inner full T=1 }" in loop_nesting(prog.pipeline[0][1])
+        v = np_eval.compare(layer, prog, x)
     assert v.ok(1e-10), v
     count = lambda m: sum(a.size for a in jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_inexact_array)))  # noqa: E731
     big = dict(dim=64, heads=2, key=jax.random.PRNGKey(0))
@@ -172,8 +178,8 @@ def test_every_pass_reaches_the_nested_level_and_notes_name_it():
         x = jax.random.normal(jax.random.PRNGKey(1), (5, 8), jnp.float64)
         prog = tc.compile(layer, x, passes=["remat", "unroll", "fold_zero_init", "simplify", "dce"])
         forced = tc.compile(layer, x, passes=[("remat", {"scheme": "step"}), "unroll", "fold_zero_init", "simplify", "dce"])
-        v = tc.validate.compare(layer, prog, x)
-        v_forced = tc.validate.compare(layer, forced, x)
+        v = np_eval.compare(layer, prog, x)
+        v_forced = np_eval.compare(layer, forced, x)
         report = forced.report()           # measures costs: float64 programs, in float64 mode
     assert v.ok(1e-10) and v_forced.ok(1e-10), (v, v_forced)
     stage = {n: j for n, j, _ in prog.pipeline}
@@ -192,6 +198,7 @@ def test_every_pass_reaches_the_nested_level_and_notes_name_it():
     assert any(n.startswith("[level 1, in inner full loop T=2] forward full loop T=2: first step")
                for n in notes["fold_zero_init"]), notes["fold_zero_init"]
     assert "loops: inner full T=2 { forward full T=2, transpose reversed full T=2 }, inner full T=2" in report
+    assert report.count("FLOPs by loop level: level 0 ") == 1 and ", level 2 " in report   # the traced stage
     assert "loops: inner full T=2 { forward full T=1, transpose reversed full T=2 }, inner full T=1" in report
 
 
@@ -202,7 +209,7 @@ def test_unroll_expands_every_level():
         x = jax.random.normal(jax.random.PRNGKey(1), (5, 8), jnp.float64)
         prog = tc.compile(layer, x, passes=["unroll"])
         assert not contains_loop(prog.jaxpr) and [n for n, _ in prog.notes] == ["trace", "unroll"]
-        v = tc.validate.compare(layer, prog, x)
+        v = np_eval.compare(layer, prog, x)
     assert v.ok(1e-10), v
 
 

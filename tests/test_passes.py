@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 import ttt_compile as tc
 from ttt_compile import passes as P
@@ -184,7 +184,8 @@ def specs(draw):
     return preset, heads * dh, heads, n, opts, pipeline, draw(st.integers(0, 2**16))
 
 
-@given(specs())
+@settings(max_examples=6)              # tc.validate's XLA path on the presets; tests/test_validate_generated.py
+@given(specs())                        # covers generated programs at scale
 def test_translation_validation(spec):
     """In float64, so that a rewrite bug is not confused with float32 rounding amplified by a
     diverging inner loop (eta = 1 with an MLP learner can blow up: then only f64 separates them)."""

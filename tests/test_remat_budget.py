@@ -1,5 +1,8 @@
 """remat chooses by measurement: a budget picks the least-recompute scheme that fits (compiled memory);
 no budget rematerialises a full-batch loop only when it pays (stored bytes vs the T = 1 program)."""
+import os
+import sys
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -10,6 +13,9 @@ from ttt_compile.compiler import DEFAULT, trace
 from ttt_compile.ir.primitive import ttt_loop_p
 from ttt_compile.models import layers
 from ttt_compile.passes.remat import candidate_memory, candidates
+
+sys.path.insert(0, os.path.dirname(__file__))
+import np_eval  # noqa: E402
 
 KEY = jax.random.PRNGKey(0)
 
@@ -39,7 +45,7 @@ def test_budget_picks_least_recompute_that_fits_and_keeps_values_and_grads():
             chosen, notes = _remat_stage(prog)
             assert chosen == expected
             assert f"chose {expected or 'none'}" in notes[0] and "none" in notes[0] and "step" in notes[0]
-        v = tc.validate.compare(layer, prog, x)                # the rematerialised program
+        v = np_eval.compare(layer, prog, x)                # the rematerialised program
         assert v.ok(1e-10), v
         with pytest.raises(tc.SpecError, match="below the least training-step temp memory"):
             tc.compile(layer, x, remat_budget=min(mem.values()) - 1)

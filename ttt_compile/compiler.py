@@ -87,7 +87,7 @@ class Compiled(eqx.Module):
             nesting = loop_nesting(jaxpr)
             if nesting:
                 lines.append(f"{'':<4}loops: {nesting}")
-            if "{" in nesting:                      # nested loops: where the FLOPs are, level by level
+            if "{" in nesting and name == "trace":  # nested loops as written: where the FLOPs are, by level
                 levels = ", ".join(f"level {k} {f:.4g}" for k, f in enumerate(cost_by_level(jaxpr)))
                 lines.append(f"{'':<4}FLOPs by loop level: {levels}")
             lines.extend(f"{'':<4}- {n}" for n in notes)
