@@ -118,8 +118,9 @@ def markdown(rows: list[dict], meta: dict, etas: dict) -> str:
         runs = ", ".join(f"{eta}: {loss:.3f}" for eta, loss in sw["runs"])
         lines += ["", f"eta for {name} chosen by a {sw['steps']}-step sweep (validation loss per eta: {runs}); "
                   f"best {sw['best']}."]
-    lines += ["", "Greedy samples through the decode path (`CausalLM.generate`):", ""]
-    lines += [f"- {r['config']['name']}: `{r['sample']}`".replace("\n", "\\n") for r in rows if "sample" in r]
+    if any("sample" in r for r in rows):
+        lines += ["", "Greedy samples through the decode path (`CausalLM.generate`):", ""]
+        lines += [f"- {r['config']['name']}: `{r['sample']}`".replace("\n", "\\n") for r in rows if "sample" in r]
     return "\n".join(lines) + "\n"
 
 
