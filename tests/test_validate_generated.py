@@ -263,6 +263,8 @@ def run_generated(kind: str, examples: int, max_size: int, shapes=None) -> int:
             raise AssertionError(f"CRASH {type(e).__name__}: {str(e)[:400]}\n{describe(program, pipeline)}") from e
         assert not bad, "MISMATCH " + "; ".join(map(str, bad)) + "\n" + describe(program, pipeline)
         validated.append(program)
+        if len(validated) % 50 == 0:                  # progress of long (-m slow) runs, seen with -s
+            print(f"[validate_generated] {kind}: {len(validated)} programs validated", flush=True)
 
     print(f"[validate_generated] {kind}: hypothesis seed {hseed} (TTT_FUZZ_SEED={SEED})")
     one()
