@@ -265,6 +265,9 @@ def run_generated(kind: str, examples: int, max_size: int, shapes=None) -> int:
         validated.append(program)
         if len(validated) % 50 == 0:                  # progress of long (-m slow) runs, seen with -s
             print(f"[validate_generated] {kind}: {len(validated)} programs validated", flush=True)
+            # drop compiled executables: a -m slow run compiled ~350 jit programs in one process and
+            # XLA's CPU compiler then aborted / segfaulted (as conftest's per-module clearing explains)
+            jax.clear_caches()
 
     print(f"[validate_generated] {kind}: hypothesis seed {hseed} (TTT_FUZZ_SEED={SEED})")
     one()
