@@ -333,9 +333,26 @@ def _fallback(eqn, invals) -> list:
     return [np.asarray(o) for o in outs]
 
 
+def value_and_grads(model, x, r) -> tuple:
+    """(model(x), [d/dtheta sum(sin(model(x)) * r) for every float leaf theta]): traced once with
+    jax.make_jaxpr and evaluated here with NumPy."""
+    import equinox as eqx
+
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+
+    def fn(p):
+        y = eqx.combine(p, static)(x)
+        g = jax.grad(lambda q: jnp.sum(jnp.sin(eqx.combine(q, static)(x)) * r))(p)
+        return y, jax.tree_util.tree_leaves(g)
+
+    closed, shapes = jax.make_jaxpr(fn, return_shape=True)(params)
+    flat = eval_closed(closed, *jax.tree_util.tree_leaves(params))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), flat)
+
+
 def compare(reference, candidate, x, *, key=None):
     """`ttt_compile.validate.compare` (values and outer gradients of sum(sin(model(x)) * r) of two
-    models with the same float leaves), each model traced once and evaluated here with NumPy instead of
+    models with the same float leaves), each model evaluated by `value_and_grads` instead of
     XLA-compiled: the same `Validation`, without two compiles per model."""
     import equinox as eqx
 
@@ -344,21 +361,8 @@ def compare(reference, candidate, x, *, key=None):
     key = jax.random.PRNGKey(0) if key is None else key
     shape = jax.eval_shape(reference, x)
     r = jax.random.normal(key, shape.shape, shape.dtype)
-
-    def value_and_grads(model):
-        params, static = eqx.partition(model, eqx.is_inexact_array)
-
-        def fn(p):
-            y = eqx.combine(p, static)(x)
-            g = jax.grad(lambda q: jnp.sum(jnp.sin(eqx.combine(q, static)(x)) * r))(p)
-            return y, jax.tree_util.tree_leaves(g)
-
-        closed, shapes = jax.make_jaxpr(fn, return_shape=True)(params)
-        flat = eval_closed(closed, *jax.tree_util.tree_leaves(params))
-        return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), flat)
-
-    y_ref, g_ref = value_and_grads(reference)
-    y, g = value_and_grads(candidate)
+    y_ref, g_ref = value_and_grads(reference, x, r)
+    y, g = value_and_grads(candidate, x, r)
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(
         eqx.filter(reference, eqx.is_inexact_array))]
     if len(g) != len(g_ref):

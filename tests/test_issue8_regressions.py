@@ -31,20 +31,10 @@ def float64():
 
 
 def value_and_grads(model, x):
-    """(model(x), [d/dtheta sum(sin(model(x)) * r) for every float leaf theta]), r a fixed cotangent:
-    traced once and evaluated with NumPy (tests/np_eval.py; eager JAX took minutes for these tests)."""
-    params, static = eqx.partition(model, eqx.is_inexact_array)
+    """(model(x), outer gradients of sum(sin(model(x)) * r)), r a fixed cotangent: traced once and
+    evaluated with NumPy (tests/np_eval.py; eager JAX took minutes for these tests)."""
     shape = jax.eval_shape(model, x)
-    r = jax.random.normal(jax.random.PRNGKey(1), shape.shape, shape.dtype)
-
-    def fn(p):
-        y = eqx.combine(p, static)(x)
-        g = jax.grad(lambda q: jnp.sum(jnp.sin(eqx.combine(q, static)(x)) * r))(p)
-        return y, jax.tree_util.tree_leaves(g)
-
-    closed, shapes = jax.make_jaxpr(fn, return_shape=True)(params)
-    flat = np_eval.eval_closed(closed, *jax.tree_util.tree_leaves(params))
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(shapes), flat)
+    return np_eval.value_and_grads(model, x, jax.random.normal(jax.random.PRNGKey(1), shape.shape, shape.dtype))
 
 
 def assert_same_program(model, x, passes, rtol=1e-10):
