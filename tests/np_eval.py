@@ -207,24 +207,36 @@ RULES = {k: v for k, v in RULES.items() if v is not None}
 
 
 # The dtype every float64 value is computed in: float32 evaluates a float64 program as the same
-# program in float32 (`in_float32`), without tracing it again.
+# program in float32 (`in_float32`), without tracing it again.  `_bits`: when set, every float64
+# value is also rounded to that many significant bits (`in_bits`).
 _F64 = np.dtype(np.float64)
 _as = {_F64: _F64}
+_bits: list = [None]
 
 
 def _dtype(dtype):
     return _as.get(dtype, dtype)
 
 
+def round_bits(x: np.ndarray, bits: int) -> np.ndarray:
+    """x (float64) rounded to `bits` significant bits, to nearest (x = m 2^e, 1/2 <= |m| < 1)."""
+    m, e = np.frexp(x)
+    return np.ldexp(np.round(m * 2.0 ** bits) / 2.0 ** bits, e)
+
+
+def _rounded(x: np.ndarray) -> np.ndarray:
+    return round_bits(x, _bits[0]) if _bits[0] is not None and x.dtype == _F64 else x
+
+
 def _read(env, v):
     if isinstance(v, Literal):
-        return np.asarray(v.val, _dtype(np.dtype(v.aval.dtype)))
+        return _rounded(np.asarray(v.val, _dtype(np.dtype(v.aval.dtype))))
     return env[v]
 
 
 def _arr(x):
     x = np.asarray(x)
-    return x.astype(_dtype(x.dtype), copy=False)
+    return _rounded(x.astype(_dtype(x.dtype), copy=False))
 
 
 def eval_closed(closed, *args) -> list:
@@ -240,6 +252,19 @@ def in_float32(closed, *args) -> list:
         return eval_closed(closed, *args)
     finally:
         _as[_F64] = _F64
+
+
+def in_bits(closed, bits: int, *args) -> list:
+    """`closed` (a float64 program) evaluated with every float64 value -- inputs, constants, literals and
+    every result -- rounded to `bits` significant bits (53 is float64 itself, 24 float32's precision
+    without its exponent range): a probe of how much rounding at a chosen precision moves each result."""
+    if not 2 <= bits <= 53:
+        raise ValueError(f"in_bits: bits={bits} must be in 2..53")
+    _bits[0] = bits
+    try:
+        return eval_closed(closed, *args)
+    finally:
+        _bits[0] = None
 
 
 def eval_jaxpr(jaxpr, consts, *args) -> list:
@@ -258,6 +283,7 @@ def eval_jaxpr(jaxpr, consts, *args) -> list:
                 dtype = _dtype(np.dtype(aval.dtype))
                 if o.dtype != dtype:
                     o = o.astype(dtype)
+                o = _rounded(o)
                 if o.shape != aval.shape:
                     raise AssertionError(f"np_eval: {eqn.primitive.name} gave shape {o.shape}, aval {aval.shape}")
                 env[v] = o

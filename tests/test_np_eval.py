@@ -120,3 +120,22 @@ def test_np_eval_falls_back_to_jax():
         got = np_eval.eval_closed(closed, x, idx)
     np.testing.assert_allclose(got[0], x[idx] * 2)
     assert np_eval.FALLBACKS["gather"] == 1
+
+
+def test_in_bits_is_a_rounding_probe():
+    """in_bits rounds every float64 value: at 24 bits an input is exactly its float32 rounding, at 53
+    bits the program is unchanged, and sin of a large argument moves by about |x| 2^-bits (its
+    conditioning), which float32 cannot resolve."""
+    x = np.random.default_rng(0).normal(size=1000) * 10.0 ** np.arange(-5, 5).repeat(100)
+    np.testing.assert_array_equal(np_eval.round_bits(x, 24), x.astype(np.float32).astype(np.float64))
+    np.testing.assert_array_equal(np_eval.round_bits(x, 53), x)
+    with jax.enable_x64(True):
+        big = np.array([3.0e9, 1.7e9, 2.2e9])
+        closed = jax.make_jaxpr(lambda v: jnp.sin(v * 1.0000001))(big)
+        exact = np_eval.eval_closed(closed, big)[0]
+        assert np.array_equal(np_eval.in_bits(closed, 53, big)[0], exact)
+        err40 = np.max(np.abs(np_eval.in_bits(closed, 40, big)[0] - exact))
+        err24 = np.max(np.abs(np_eval.in_float32(closed, big)[0] - exact))
+    assert 1e-5 < err40 < 1e-2 < err24      # 3e9 * 2^-40 = 2.7e-3; float32's ulp of 3e9 is 256
+    with pytest.raises(ValueError, match="bits"):
+        np_eval.in_bits(closed, 60, big)
