@@ -145,12 +145,15 @@ class _Simplifier:
         return [_scaled(interp.bind(eqn, [base, b])[0], c)]
 
     def add(self, interp, eqn, invals):
-        """c x + c y = c (x + y);  c x + (-c) y = c (x - y)  (and the same for sub and add_any)."""
+        """c x + c y = c (x + y);  c x + (-c) y = c (x - y)  (and the same for sub and add_any);
+        (-x) + y = y - x with no factor left (IEEE: y - x is y + (-x), exactly)."""
         (xa, ca), (xb, cb) = _parts(invals[0]), _parts(invals[1])
         if isinstance(invals[0], Splat) or isinstance(invals[1], Splat):
             return interp.bind(eqn, invals)
         if ca == cb:
             return [_scaled(interp.bind(eqn, [xa, xb])[0], ca)]
+        if ca == -1 and cb == 1 and eqn.primitive is not lax.sub_p:
+            return self.hit(interp.emit(lax.sub_p, xb, xa))
         if ca == -cb:
             other = lax.sub_p if eqn.primitive is not lax.sub_p else lax.add_p
             return self.hit([_scaled(interp.emit(other, xa, xb)[0], ca)])

@@ -88,6 +88,19 @@ def test_simplify_rewrite():
     agree(closed, out, jnp.arange(6.0).reshape(2, 3))
 
 
+def test_simplify_adds_a_negated_operand_as_a_subtraction():
+    """(-x) + y becomes y - x with no negation left (the sign MTTT-Linear's W_T = -eta grad leaves at
+    its output bias), bit for bit, broadcasting and signed zeros included."""
+    closed = jax.make_jaxpr(lambda x, y: (-x) + y)(jnp.ones((4, 3)), jnp.ones((1, 3)))
+    out, _ = run(P.simplify, closed)
+    assert prims(out) == ["sub"]
+    x = jnp.asarray([[0.0, -0.0, 1.5], [2.0, -3.0, 0.0], [1e30, -1e-30, 7.0], [0.1, 0.2, 0.3]])
+    y = jnp.asarray([[0.0, -0.0, 1.5]])
+    want, got = (jax.core.eval_jaxpr(c.jaxpr, c.consts, x, y)[0] for c in (closed, out))
+    assert np.array_equal(np.asarray(got), np.asarray(want))
+    assert np.array_equal(np.signbit(np.asarray(got)), np.signbit(np.asarray(want)))
+
+
 def test_simplify_contracts_a_broadcast_operand_once():
     def f(x, G):      # every head reads the same tokens x: vmap leaves a broadcast copy per head
         return jax.vmap(lambda g: x @ g, in_axes=0)(G)
