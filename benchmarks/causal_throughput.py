@@ -98,7 +98,7 @@ def run(n: int, rounds: int, log=print) -> dict:
 
 def markdown(result: dict) -> str:
     lines = [f"# Causal MTTT-Linear vs chunked causal linear attention, training step ({result['date']})", "",
-             f"Command: `{result['command']}`. Machine: {result['machine']}, loaded (2 cores shared by 4 jobs; "
+             f"Command: `{result['command']}`. Machine: {result['machine']}, {result.get('load', 'loaded: 2 cores shared by 4 jobs')} ("
              f"ratios are interleaved in one process); jax {result['jax']}. d = {DIM}, H = {HEADS}, n = {result['n']}, "
              f"one sequence, float32; median of {result['rounds']} interleaved rounds.", "",
              f"Baseline: **{BASELINE}** (`models.causal`, `form=\"scan\"`: lax.scan over chunks carrying the "
@@ -123,7 +123,8 @@ def main(argv=None) -> int:
     command = "python -m ttt_compile.benchmarks.causal_throughput" + (f" --n {args.n}" if args.n != 4096 else "") + (
         f" --rounds {args.rounds}" if args.rounds != 9 else "")
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "command": command,
-              "machine": f"{platform.machine()} CPU", "jax": jax.__version__, **run(args.n, args.rounds)}
+              "machine": f"{platform.machine()} CPU", "jax": jax.__version__, **run(args.n, args.rounds),
+              "load": timing.machine_load()}
     write_results(args.out, "causal_throughput", result, markdown(result))
     return 0
 

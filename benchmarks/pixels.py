@@ -100,7 +100,7 @@ def time_cost(n: int, rounds: int = 7, log=print) -> dict:
              "ratio_iqr": list(timing.ratio_quartiles(times[chunked], times[base]))}
         rows.append(r)
         log(f"  time MTTT-MLP {r['variant']} n={n}: token_chunk / none = {r['ratio']:.3f}")
-    return {"n": n, "rounds": rounds, "token_chunk": TOKEN_CHUNK, "rows": rows}
+    return {"n": n, "rounds": rounds, "token_chunk": TOKEN_CHUNK, "rows": rows, "load": timing.machine_load()}
 
 
 def model_memory(name: str) -> dict:
@@ -169,7 +169,7 @@ def markdown(result: dict) -> str:
     if result.get("time"):
         t = result["time"]
         lines += ["", f"Time cost of token_chunk={t['token_chunk']}: MTTT-MLP training step (default pipeline) run at "
-                  f"n = {t['n']:,} on this CPU (loaded: 2 cores shared by 4 jobs), {t['rounds']} interleaved rounds "
+                  f"n = {t['n']:,} on this CPU ({t.get('load', 'load not recorded')}), {t['rounds']} interleaved rounds "
                   f"({t['date']}):", "",
                   "| layer | s / step without | s / step with | with / without (IQR) |", "| --- | ---: | ---: | ---: |"]
         for r in t["rows"]:

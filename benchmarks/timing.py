@@ -12,6 +12,7 @@ suite's figures and the published target checks measure the same thing.
 from __future__ import annotations
 
 import math
+import os
 import random
 import statistics
 import time
@@ -100,6 +101,11 @@ def interleaved(thunks: Mapping[str, Thunk], reps: int, *, min_block_s: float = 
             for name in rng.sample(cluster, len(cluster)):
                 out[name].append(block(thunks[name], ks[name]) / ks[name])
     return out
+
+
+def machine_load() -> str:
+    """The machine's 1-minute load average and core count, written beside timings taken now."""
+    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
 
 
 def median(xs) -> float:

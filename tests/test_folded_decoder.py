@@ -26,7 +26,8 @@ CASES = [("mttt_mlp", {"steps": 1}, False), ("mttt_mlp", {"steps": 3}, True),
          ("mttt_mlp", {"steps": 2, "batching": "sgd"}, True),
          ("mttt_mlp", {"parametrisation": "paper", "decoder_ln": True, "eta": "per_token"}, False),
          ("mttt_mlp", {"parametrisation": "paper", "decoder_ln": False, "bias": True}, False),
-         ("mttt_linear", {"steps": 2}, False)]
+         ("mttt_linear", {"steps": 2}, False),
+         ("mttt_mlp", {"steps": 2, "batching": "sgd", "token_chunk": 2}, True)]     # targets folded per chunk
 
 
 def _f64(m):

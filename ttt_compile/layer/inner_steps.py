@@ -79,7 +79,8 @@ def reconstruction_loss(W, static, G, ln, k: Float[Array, "b dh"], x: Float[Arra
 
 class FoldedDecoder(NamedTuple):
     """One head's decoder g(z) = LN(G z + c) folded to d_h dimensions (see `fold_decoder`); M, m, m0 are
-    None without the Decoder LN."""
+    None without the Decoder LN.  `maps` = (B, b, beta) when the targets are folded per chunk of tokens
+    inside the loss (`folded_loss` with data k, x) instead of once for all n tokens."""
 
     A: Array
     a: Array
@@ -87,6 +88,7 @@ class FoldedDecoder(NamedTuple):
     M: Array | None
     m: Array | None
     m0: Array | None
+    maps: tuple | None = None
 
 
 def fold_decoder(G: Float[Array, "d dh"], c, ln) -> tuple[FoldedDecoder, tuple]:
@@ -148,14 +150,22 @@ def folded_sq_error(dec: FoldedDecoder, z: Float[Array, "b dh"], p, s, t) -> Flo
 def folded_loss(W, static, dec: FoldedDecoder, data: dict, *, scale: float = 1.0, w=None,
                 chunk: int | None = None) -> Float[Array, ""]:
     """l(W; X) = scale/(2b) sum_i w_i ||g(f(k_i; W)) - x_i||^2 from the folded decoder (= reconstruction_loss);
-    with `chunk`, the sum over i runs `chunk` tokens at a time (`chunked_sum`)."""
+    with `chunk`, the sum over i runs `chunk` tokens at a time (`chunked_sum`).  Data k, p, s, t (targets
+    folded once), or k, x with `dec.maps`: each chunk folds its own tokens' targets, so no (n, d_h) array
+    of targets (and its cotangent) lives outside the chunks."""
     f = eqx.combine(W, static)
     per_token_w = w is not None and jnp.ndim(w) > 0
 
-    def part(k, p, s, t, *wt):
+    def part(k, *rest):
+        if "x" in data:
+            x, *wt = rest
+            targets = fold_targets(dec.maps, x)
+            p, s, t = targets["p"], targets["s"], targets["t"]
+        else:
+            p, s, t, *wt = rest
         per_token = folded_sq_error(dec, jax.vmap(f)(k), p, s, t)
         return jnp.sum(wt[0] * per_token if wt else per_token)
-    arrays = [data["k"], data["p"], data["s"], data["t"]]
+    arrays = [data["k"], data["x"]] if "x" in data else [data["k"], data["p"], data["s"], data["t"]]
     total = chunked_sum(part, arrays + [w] if per_token_w else arrays, chunk)
     if w is not None and not per_token_w:
         total = w * total

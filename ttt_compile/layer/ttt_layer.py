@@ -245,7 +245,10 @@ class TTTLayer(eqx.Module):
         steps, b = self.inner.blocks(k.shape[0])
         if q is None and v is None and self._folds_decoder():
             dec, maps = fold_decoder(*dec)
-            data = {"k": k, **fold_targets(maps, x)}
+            if self.inner.token_chunk is None:
+                data = {"k": k, **fold_targets(maps, x)}
+            else:                  # targets folded chunk by chunk: no (n, d_h) targets outside the chunks
+                dec, data = dec._replace(maps=maps), {"k": k, "x": x}
         else:
             data = {"k": k, "x": x} if v is None else {"k": k, "v": v}
             if q is not None:
