@@ -296,6 +296,7 @@ class LayerSpec:
     outer: tuple = ()        # indices of ops whose arrays are outer parameters (TTTLayer(outer=...))
     eta: str = "fixed"       # learned step size: fixed | per_head | per_token (tc.Inner(eta=...))
     released: bool = False   # the released code's parametrisation (tc.Reconstruction.released)
+    token_chunk: int | None = None   # tc.Inner(token_chunk=...): not drawn here (tests/test_token_chunk.py sets it)
 
     @property
     def dim(self) -> int:
@@ -351,7 +352,7 @@ def build_layer(spec: LayerSpec, key) -> tc.TTTLayer:
         return tc.TTTLayer(spec.dim, spec.heads, tc.learners.NadarayaWatson(), task=task, key=k_layer)
     learner = Learner(spec.ops, spec.dh, k_learner, zero=spec.init == "zero", outer=spec.outer)
     inner = tc.Inner(steps=spec.steps, batching=spec.batching, chunk=spec.chunk, eta=spec.eta,
-                     optimizer=make_optimizer(spec.optimizer, spec.schedule, spec.lr))
+                     optimizer=make_optimizer(spec.optimizer, spec.schedule, spec.lr), token_chunk=spec.token_chunk)
     outer = (lambda f: tuple(f.arrays[i] for i in spec.outer)) if spec.outer else None
     return tc.TTTLayer(spec.dim, spec.heads, learner, init=spec.init, outer=outer, task=task, inner=inner,
                        key=k_layer)

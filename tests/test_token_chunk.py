@@ -41,3 +41,48 @@ def test_token_chunk_must_fit():
     layer = layers.mttt_mlp(dim=8, heads=2, key=KEY, steps=4, batching="sgd", token_chunk=8)
     with pytest.raises(tc.SpecError, match="the 12 tokens of each SGD step"):
         layer(jnp.ones((48, 8)))
+
+
+# =========================================================================== generated programs
+import dataclasses  # noqa: E402
+
+from hypothesis import HealthCheck, assume, given, reject, settings, strategies as st  # noqa: E402
+
+import program_gen as G  # noqa: E402
+import test_validate_generated as T  # noqa: E402
+
+
+@st.composite
+def chunked_programs(draw):
+    """A generated layer or stack (tests/program_gen.py) whose full-batch and SGD layers get a
+    token_chunk that divides the tokens one step sees and is smaller than them."""
+    program = draw(G.programs(kinds=("layer", "stack"), max_size=60))
+    specs = []
+    for spec in program.layers:
+        rows = program.n // spec.steps if spec.batching == "sgd" else program.n
+        options = [c for c in G._divisors(rows) if c < rows]
+        if spec.ops == G.NADARAYA_WATSON or spec.batching == "online" or not options:
+            specs.append(spec)
+        else:
+            specs.append(dataclasses.replace(spec, token_chunk=draw(st.sampled_from(options))))
+    assume(any(s.token_chunk for s in specs))
+    return dataclasses.replace(program, layers=tuple(specs))
+
+
+@settings(max_examples=12, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(chunked_programs())
+def test_token_chunk_on_generated_programs(program):
+    """token_chunk on generated learners, optimizers and specs (folded or decoded loss, nested learners):
+    the chunked program equals the unchunked one, and compiles (default pipeline) to itself, within
+    the validator's conditioning-relative tolerance (tests/test_validate_generated.py), float64."""
+    try:
+        ref = T.Reference(program, pair=False)                  # the chunked program, not compiled
+    except T.IllConditioned:
+        reject()
+    whole = dataclasses.replace(program, layers=tuple(dataclasses.replace(s, token_chunk=None)
+                                                      for s in program.layers))
+    with jax.enable_x64(True):
+        model, _, _ = G.build(whole)
+        got = T.evaluate(model, ref.x, ref.r)
+    assert T.compare(got, ref, False, "unchunked") == [], T.describe(program, None)
+    assert T.check(program, "default", ref, pair=False) == [], T.describe(program, "default")
