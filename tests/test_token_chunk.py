@@ -61,7 +61,7 @@ def chunked_programs(draw):
     for spec in program.layers:
         rows = program.n // spec.steps if spec.batching == "sgd" else program.n
         options = [c for c in G._divisors(rows) if c < rows]
-        if spec.ops == G.NADARAYA_WATSON or spec.batching == "online" or not options:
+        if spec.ops == (G.NADARAYA_WATSON,) or spec.batching == "online" or not options:
             specs.append(spec)
         else:
             specs.append(dataclasses.replace(spec, token_chunk=draw(st.sampled_from(options))))
