@@ -22,6 +22,7 @@ MTTT-Linear: ``layers.mttt_linear(batching="online", chunk=b, lr=0.01)``, defaul
 
     python -m ttt_compile.benchmarks.causal_throughput [--n 4096] [--rounds 9] [--out DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -56,12 +57,15 @@ def models(x) -> dict:
     def mttt(chunk, passes="default"):
         layer = layers.mttt_linear(dim=DIM, heads=HEADS, key=key, batching="online", chunk=chunk, lr=ETA)
         return tc.compile(layer, x, passes=passes)
-    return {BASELINE: la(64, "scan"),
-            "causal linear attention, scan, chunk 16": la(16, "scan"),
-            "causal linear attention, prefix, chunk 64": la(64, "prefix"),
-            "MTTT-Linear, chunk 16, default pipeline": mttt(16),
-            "MTTT-Linear, chunk 16, default pipeline without remat": mttt(16, [p for p in DEFAULT if p != "remat"]),
-            "MTTT-Linear, chunk 64, default pipeline": mttt(64)}
+
+    return {
+        BASELINE: la(64, "scan"),
+        "causal linear attention, scan, chunk 16": la(16, "scan"),
+        "causal linear attention, prefix, chunk 64": la(64, "prefix"),
+        "MTTT-Linear, chunk 16, default pipeline": mttt(16),
+        "MTTT-Linear, chunk 16, default pipeline without remat": mttt(16, [p for p in DEFAULT if p != "remat"]),
+        "MTTT-Linear, chunk 64, default pipeline": mttt(64),
+    }
 
 
 def train_step(model):
@@ -70,6 +74,7 @@ def train_step(model):
 
     def loss(p, x):
         return jnp.sum(jnp.sin(eqx.combine(p, static)(x)))
+
     return jax.value_and_grad(loss), params
 
 
@@ -81,7 +86,7 @@ def run(n: int, rounds: int, log=print) -> dict:
         c = cost.measure(jax.make_jaxpr(fn)(params, x))
         flops[name] = c.flops
         step = jax.jit(fn)
-        thunks[name] = (lambda step=step, params=params: step(params, x))
+        thunks[name] = lambda step=step, params=params: step(params, x)
         log(f"  {name:<46} train step {c.flops / 1e9:7.3f} GFLOP, temp {c.temp_bytes / 2**20:6.1f} MiB")
     times = timing.interleaved(thunks, rounds, min_block_s=0.3, clusters=[list(thunks)])
     rows = []
@@ -89,28 +94,43 @@ def run(n: int, rounds: int, log=print) -> dict:
         speed = timing.ratio(times[BASELINE], ts)
         bound = flops[BASELINE] / flops[name]
         q25, q75 = timing.ratio_quartiles(times[BASELINE], ts)
-        rows.append({"layer": name, "tokens_per_s": n / timing.median(ts), "gflop": flops[name] / 1e9,
-                     "x_baseline": speed, "x_baseline_iqr": [q25, q75], "flop_bound": bound,
-                     "of_bound": speed / bound})
+        rows.append(
+            {
+                "layer": name,
+                "tokens_per_s": n / timing.median(ts),
+                "gflop": flops[name] / 1e9,
+                "x_baseline": speed,
+                "x_baseline_iqr": [q25, q75],
+                "flop_bound": bound,
+                "of_bound": speed / bound,
+            }
+        )
         log(f"  {name:<46} {rows[-1]['tokens_per_s']:>9,.0f} tok/s  x{speed:.3f}  (FLOP bound x{bound:.3f})")
     return {"n": n, "rounds": rounds, "rows": rows}
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# Causal MTTT-Linear vs chunked causal linear attention, training step ({result['date']})", "",
-             f"Command: `{result['command']}`. Machine: {result['machine']}, {result.get('load', 'loaded: 2 cores shared by 4 jobs')} ("
-             f"ratios are interleaved in one process); jax {result['jax']}. d = {DIM}, H = {HEADS}, n = {result['n']}, "
-             f"one sequence, float32; median of {result['rounds']} interleaved rounds.", "",
-             f"Baseline: **{BASELINE}** (`models.causal`, `form=\"scan\"`: lax.scan over chunks carrying the "
-             "d_h x d_h state, heads batched in the step, masked Q K^T within a chunk): the fastest form we measured. "
-             "FLOPs: XLA cost analysis of the training step, loop trip counts included (`ttt_compile.cost`). "
-             "FLOP bound = baseline FLOPs / layer FLOPs (the speed at the baseline's FLOP/s).", "",
-             "| layer | train GFLOP | tokens / s | x baseline (IQR) | FLOP bound | of bound |",
-             "| --- | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"# Causal MTTT-Linear vs chunked causal linear attention, training step ({result['date']})",
+        "",
+        f"Command: `{result['command']}`. Machine: {result['machine']}, {result.get('load', 'loaded: 2 cores shared by 4 jobs')} ("
+        f"ratios are interleaved in one process); jax {result['jax']}. d = {DIM}, H = {HEADS}, n = {result['n']}, "
+        f"one sequence, float32; median of {result['rounds']} interleaved rounds.",
+        "",
+        f'Baseline: **{BASELINE}** (`models.causal`, `form="scan"`: lax.scan over chunks carrying the '
+        "d_h x d_h state, heads batched in the step, masked Q K^T within a chunk): the fastest form we measured. "
+        "FLOPs: XLA cost analysis of the training step, loop trip counts included (`ttt_compile.cost`). "
+        "FLOP bound = baseline FLOPs / layer FLOPs (the speed at the baseline's FLOP/s).",
+        "",
+        "| layer | train GFLOP | tokens / s | x baseline (IQR) | FLOP bound | of bound |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in result["rows"]:
         q25, q75 = r["x_baseline_iqr"]
-        lines.append(f"| {r['layer']} | {r['gflop']:.2f} | {r['tokens_per_s']:,.0f} | {r['x_baseline']:.3f} "
-                     f"({q25:.2f}-{q75:.2f}) | {r['flop_bound']:.3f} | {r['of_bound']:.2f} |")
+        lines.append(
+            f"| {r['layer']} | {r['gflop']:.2f} | {r['tokens_per_s']:,.0f} | {r['x_baseline']:.3f} "
+            f"({q25:.2f}-{q75:.2f}) | {r['flop_bound']:.3f} | {r['of_bound']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -120,11 +140,19 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
-    command = "python -m ttt_compile.benchmarks.causal_throughput" + (f" --n {args.n}" if args.n != 4096 else "") + (
-        f" --rounds {args.rounds}" if args.rounds != 9 else "")
-    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "command": command,
-              "machine": f"{platform.machine()} CPU", "jax": jax.__version__, **run(args.n, args.rounds),
-              "load": timing.machine_load()}
+    command = (
+        "python -m ttt_compile.benchmarks.causal_throughput"
+        + (f" --n {args.n}" if args.n != 4096 else "")
+        + (f" --rounds {args.rounds}" if args.rounds != 9 else "")
+    )
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "machine": f"{platform.machine()} CPU",
+        "jax": jax.__version__,
+        **run(args.n, args.rounds),
+        "load": timing.machine_load(),
+    }
     write_results(args.out, "causal_throughput", result, markdown(result))
     return 0
 

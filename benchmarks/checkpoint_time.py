@@ -7,6 +7,7 @@ is saved ``--repeats`` times by each mode, interleaved; per save: ``blocked_s``,
 ``save`` returns (what the training loop waits), and ``done_s``, until the files are complete. Prints
 one JSON object with the medians.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,7 @@ import numpy as np
 def state(mb: float) -> dict:
     """~``mb`` MB of float32: 3 matrices of equal share and 64 vectors of 1024."""
     rng = np.random.default_rng(0)
-    side = int((mb * 2 ** 20 / 4 / 3) ** 0.5)
+    side = int((mb * 2**20 / 4 / 3) ** 0.5)
     tree = {f"w{i}": rng.standard_normal((side, side), np.float32) for i in range(3)}
     tree.update({f"b{i}": rng.standard_normal(1024).astype(np.float32) for i in range(64)})
     return jax.device_put(tree)
@@ -45,9 +46,14 @@ def measure(mb: float, repeats: int) -> dict:
                 times[mode].append((blocked, time.perf_counter() - t0))
         for manager in managers.values():
             manager.close()
-    return {"state_mb": nbytes / 2 ** 20, "repeats": repeats,
-            **{mode: {"blocked_s": statistics.median(b for b, _ in v), "done_s": statistics.median(d for _, d in v)}
-               for mode, v in times.items()}}
+    return {
+        "state_mb": nbytes / 2**20,
+        "repeats": repeats,
+        **{
+            mode: {"blocked_s": statistics.median(b for b, _ in v), "done_s": statistics.median(d for _, d in v)}
+            for mode, v in times.items()
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ figure is the median over rounds; the ratio is the median of per-round ratios.
 
     python -m ttt_compile.benchmarks.memory_online [--quick] [--out DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,8 @@ import json
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import equinox as eqx
 import jax
@@ -35,20 +36,23 @@ import numpy as np
 
 import ttt_compile as tc
 import ttt_compile.passes.dual_form  # noqa: F401  (registers the pass)
+from ttt_compile.benchmarks.report import write_results
 from ttt_compile.compiler import DEFAULT
 from ttt_compile.models import layers
 from ttt_compile.models.causal import causal_linear_attention
-from ttt_compile.benchmarks.report import write_results
 
 DIM, HEADS = 256, 4
 ETA = 0.01
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "online"
 #: The default pipeline without / with the dual form (inserted after checkpoint if DEFAULT lacks it).
 WITHOUT_DUAL = tuple(p for p in DEFAULT if p != "dual_form")
-WITH_DUAL = DEFAULT if "dual_form" in DEFAULT else tuple(
-    p for name in DEFAULT for p in ((name, "dual_form") if name == "remat" else (name,)))
+WITH_DUAL = (
+    DEFAULT
+    if "dual_form" in DEFAULT
+    else tuple(p for name in DEFAULT for p in ((name, "dual_form") if name == "remat" else (name,)))
+)
 
-MEMORY_VARIANTS = {            # name -> (chunk b, pipeline)
+MEMORY_VARIANTS = {  # name -> (chunk b, pipeline)
     "none (b=1)": (1, ["lower"]),
     "sqrt (b=1)": (1, [("remat", {"scheme": "sqrt"}), "lower"]),
     "log (b=1)": (1, [("remat", {"scheme": "log"}), "lower"]),
@@ -61,8 +65,7 @@ MEMORY_VARIANTS = {            # name -> (chunk b, pipeline)
 
 
 def ttt(chunk: int):
-    return layers.mttt_linear(dim=DIM, heads=HEADS, key=jax.random.PRNGKey(0), batching="online", chunk=chunk,
-                              lr=ETA)
+    return layers.mttt_linear(dim=DIM, heads=HEADS, key=jax.random.PRNGKey(0), batching="online", chunk=chunk, lr=ETA)
 
 
 def train_step(model) -> tuple[Callable, object]:
@@ -71,6 +74,7 @@ def train_step(model) -> tuple[Callable, object]:
 
     def loss(p, x):
         return jnp.sum(jnp.sin(eqx.combine(p, static)(x)))
+
     return jax.jit(jax.value_and_grad(loss)), params
 
 
@@ -86,8 +90,13 @@ def compiled_memory(chunk: int, pipeline, n: int) -> dict:
         notes = [n for _, ns in prog.notes for n in ns]
     step, params = train_step(prog)
     ma = step.lower(params, x).compile().memory_analysis()
-    return {"temp_bytes": int(ma.temp_size_in_bytes), "argument_bytes": int(ma.argument_size_in_bytes),
-            "output_bytes": int(ma.output_size_in_bytes), "compile_s": time.perf_counter() - t0, "notes": notes}
+    return {
+        "temp_bytes": int(ma.temp_size_in_bytes),
+        "argument_bytes": int(ma.argument_size_in_bytes),
+        "output_bytes": int(ma.output_size_in_bytes),
+        "compile_s": time.perf_counter() - t0,
+        "notes": notes,
+    }
 
 
 def memory_table(ns: list[int], log=print) -> list[dict]:
@@ -96,8 +105,10 @@ def memory_table(ns: list[int], log=print) -> list[dict]:
         for n in ns:
             r = compiled_memory(chunk, pipeline, n)
             rows.append({"variant": name, "chunk": chunk, "n": n, **r, "bytes_per_token": r["temp_bytes"] / n})
-            log(f"  {name:<46} n={n:>6}  temp {r['temp_bytes']:>14,} B  ({r['temp_bytes'] / n:>10,.0f} B/token)"
-                f"  compile {r['compile_s']:.1f}s")
+            log(
+                f"  {name:<46} n={n:>6}  temp {r['temp_bytes']:>14,} B  ({r['temp_bytes'] / n:>10,.0f} B/token)"
+                f"  compile {r['compile_s']:.1f}s"
+            )
     for r in rows:
         prev = [p for p in rows if p["variant"] == r["variant"] and p["n"] < r["n"]]
         if prev:
@@ -125,7 +136,7 @@ def interleaved(fns: dict[str, Callable], rounds: int, min_block: float = 0.2) -
     names = list(fns)
     out: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             out[name].append(_block(fns[name], ks[name]) / ks[name])
     return out
 
@@ -143,15 +154,21 @@ def throughput(n: int, rounds: int, log=print) -> dict:
     fns = {}
     for name, m in models.items():
         step, params = train_step(m)
-        fns[name] = (lambda step=step, params=params: step(params, x))
+        fns[name] = lambda step=step, params=params: step(params, x)
     t0 = time.perf_counter()
     times = interleaved(fns, rounds)
     base = "causal linear attention (chunk 64)"
     rows = []
     for name, ts in times.items():
-        ratio = statistics.median(b / t for t, b in zip(ts, times[base]))      # (t_base / t) = speed ratio
-        rows.append({"variant": name, "s_per_step": statistics.median(ts), "tokens_per_s": n / statistics.median(ts),
-                     "throughput_vs_linear_attention": ratio})
+        ratio = statistics.median(b / t for t, b in zip(ts, times[base]))  # (t_base / t) = speed ratio
+        rows.append(
+            {
+                "variant": name,
+                "s_per_step": statistics.median(ts),
+                "tokens_per_s": n / statistics.median(ts),
+                "throughput_vs_linear_attention": ratio,
+            }
+        )
         log(f"  {name:<42} {n / statistics.median(ts):>10,.0f} tok/s   x{ratio:.3f} of linear attention")
     return {"n": n, "rounds": rounds, "wall_s": time.perf_counter() - t0, "rows": rows}
 
@@ -159,28 +176,39 @@ def throughput(n: int, rounds: int, log=print) -> dict:
 # --------------------------------------------------------------------------- report
 def markdown(result: dict) -> str:
     mem = result["memory"]
-    lines = [f"# Issue 4: causal inner loop, memory and throughput ({result['date']})", "",
-             f"Machine: {result['machine']}; jax {result['jax']}; causal MTTT-Linear d={DIM}, H={HEADS}, "
-             f"d_h={DIM // HEADS}, W0=0, plain GD (eta = {ETA}). Default pipeline: "
-             f"{', '.join(result.get('default_pipeline', DEFAULT))}.", "",
-             "## Compiled temp memory of one training step (value_and_grad of sum(sin(layer(x)))), XLA CPU", "",
-             "Bytes are XLA's `memory_analysis().temp_size_in_bytes` after compiling (not run). "
-             "Growth: temp-bytes ratio per doubling of n (geometric mean over the step to this n). "
-             "`none` keeps every step's fast weights for the backward pass (H d_h^2 = "
-             f"{HEADS * (DIM // HEADS) ** 2:,} floats = {4 * HEADS * (DIM // HEADS) ** 2:,} B per step, plus their "
-             "cotangents); `sqrt` / `log` keep ~2 sqrt(T) / ~2 log2(T) of them and recompute the rest. What "
-             "remains per token is activation memory of O(d) floats per token (inputs, keys, queries, outputs and "
-             "their cotangents), the same kind the causal linear-attention reference keeps.", "",
-             "| variant | n | temp bytes | bytes / token | growth per doubling |",
-             "| --- | ---: | ---: | ---: | ---: |"]
+    lines = [
+        f"# Issue 4: causal inner loop, memory and throughput ({result['date']})",
+        "",
+        f"Machine: {result['machine']}; jax {result['jax']}; causal MTTT-Linear d={DIM}, H={HEADS}, "
+        f"d_h={DIM // HEADS}, W0=0, plain GD (eta = {ETA}). Default pipeline: "
+        f"{', '.join(result.get('default_pipeline', DEFAULT))}.",
+        "",
+        "## Compiled temp memory of one training step (value_and_grad of sum(sin(layer(x)))), XLA CPU",
+        "",
+        "Bytes are XLA's `memory_analysis().temp_size_in_bytes` after compiling (not run). "
+        "Growth: temp-bytes ratio per doubling of n (geometric mean over the step to this n). "
+        "`none` keeps every step's fast weights for the backward pass (H d_h^2 = "
+        f"{HEADS * (DIM // HEADS) ** 2:,} floats = {4 * HEADS * (DIM // HEADS) ** 2:,} B per step, plus their "
+        "cotangents); `sqrt` / `log` keep ~2 sqrt(T) / ~2 log2(T) of them and recompute the rest. What "
+        "remains per token is activation memory of O(d) floats per token (inputs, keys, queries, outputs and "
+        "their cotangents), the same kind the causal linear-attention reference keeps.",
+        "",
+        "| variant | n | temp bytes | bytes / token | growth per doubling |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for r in mem:
         g = f"{r['growth_per_doubling']:.2f}" if "growth_per_doubling" in r else "-"
         lines.append(f"| {r['variant']} | {r['n']} | {r['temp_bytes']:,} | {r['bytes_per_token']:,.0f} | {g} |")
     tp = result.get("throughput")
     if tp:
-        lines += ["", f"## Training-step throughput at n = {tp['n']} (one sequence, interleaved, "
-                  f"median of {tp['rounds']} rounds)", "",
-                  "| variant | tokens / s | x causal linear attention |", "| --- | ---: | ---: |"]
+        lines += [
+            "",
+            f"## Training-step throughput at n = {tp['n']} (one sequence, interleaved, "
+            f"median of {tp['rounds']} rounds)",
+            "",
+            "| variant | tokens / s | x causal linear attention |",
+            "| --- | ---: | ---: |",
+        ]
         for r in tp["rows"]:
             lines.append(f"| {r['variant']} | {r['tokens_per_s']:,.0f} | {r['throughput_vs_linear_attention']:.3f} |")
     return "\n".join(lines) + "\n"
@@ -192,13 +220,21 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--no-throughput", action="store_true")
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--reuse-memory", action="store_true",
-                    help="keep the memory rows of OUT/memory_online.json (explicit pipelines) and re-time only")
+    ap.add_argument(
+        "--reuse-memory",
+        action="store_true",
+        help="keep the memory rows of OUT/memory_online.json (explicit pipelines) and re-time only",
+    )
     args = ap.parse_args(argv)
     ns = [256, 1024] if args.quick else [1024, 2048, 4096, 8192, 16384]
-    result = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()} CPU, "
-              f"{jax.device_count()} device(s)", "jax": jax.__version__, "dim": DIM, "heads": HEADS,
-              "default_pipeline": list(DEFAULT)}
+    result = {
+        "date": datetime.date.today().isoformat(),
+        "machine": f"{platform.machine()} CPU, {jax.device_count()} device(s)",
+        "jax": jax.__version__,
+        "dim": DIM,
+        "heads": HEADS,
+        "default_pipeline": list(DEFAULT),
+    }
     if args.reuse_memory:
         result["memory"] = json.loads((args.out / "memory_online.json").read_text())["memory"]
     else:

@@ -13,6 +13,7 @@ online inner loop, level 2 inside the learner's own TTT layer; forward and train
 
     python -m ttt_compile.benchmarks.nested_cost [--rounds 7] [--out DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,10 @@ from ttt_compile.models import layers
 from . import timing
 from .report import write_results
 
-SETTINGS = {"mqar": ("mqar_mttt_linear", "mqar_mttt_mlp", "mqar_mttt_nested", "mqar_self_attention"),
-            "lm": ("lm_mttt_linear", "lm_mttt_mlp", "lm_mttt_nested", "lm_self_attention")}
+SETTINGS = {
+    "mqar": ("mqar_mttt_linear", "mqar_mttt_mlp", "mqar_mttt_nested", "mqar_self_attention"),
+    "lm": ("lm_mttt_linear", "lm_mttt_mlp", "lm_mttt_nested", "lm_self_attention"),
+}
 REFERENCE = "mttt_mlp"
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "nested"
 
@@ -51,13 +54,15 @@ def train_step(config):
 
     def loss(p, b):
         return task.loss(eqx.combine(p, static), b)[0]
+
     return jax.value_and_grad(loss), params, batch
 
 
 def levels(config) -> dict:
     """FLOPs by loop level of the config's mixer alone on one sequence: forward and training step."""
-    layer = layers.get(config.layer)(dim=config.width, heads=config.heads, key=jax.random.PRNGKey(0),
-                                     **config.layer_options)
+    layer = layers.get(config.layer)(
+        dim=config.width, heads=config.heads, key=jax.random.PRNGKey(0), **config.layer_options
+    )
     x = jax.random.normal(jax.random.PRNGKey(1), (config.seq_len, config.width))
     params, static = eqx.partition(layer, eqx.is_inexact_array)
 
@@ -66,9 +71,12 @@ def levels(config) -> dict:
 
     def grad(p):
         return jax.grad(lambda q: jnp.sum(jnp.sin(fwd(q))))(p)
+
     with tc.emitting():
-        return {"forward": cost.by_level(jax.make_jaxpr(fwd)(params)),
-                "train": cost.by_level(jax.make_jaxpr(grad)(params))}
+        return {
+            "forward": cost.by_level(jax.make_jaxpr(fwd)(params)),
+            "train": cost.by_level(jax.make_jaxpr(grad)(params)),
+        }
 
 
 def run(rounds: int, log=print) -> dict:
@@ -80,13 +88,19 @@ def run(rounds: int, log=print) -> dict:
             fn, params, batch = train_step(config)
             c = cost.measure(jax.make_jaxpr(fn)(params, batch))
             step = jax.jit(fn)
-            thunks[name] = (lambda step=step, params=params, batch=batch: step(params, batch))
-            rows[name] = {"layer": config.layer, "params": sum(a.size for a in jax.tree_util.tree_leaves(params)),
-                          "gflop": c.flops / 1e9, "temp_mib": c.temp_bytes / 2**20}
+            thunks[name] = lambda step=step, params=params, batch=batch: step(params, batch)
+            rows[name] = {
+                "layer": config.layer,
+                "params": sum(a.size for a in jax.tree_util.tree_leaves(params)),
+                "gflop": c.flops / 1e9,
+                "temp_mib": c.temp_bytes / 2**20,
+            }
             if config.layer.startswith("mttt"):
                 rows[name]["levels"] = levels(config)
-            log(f"  {name:<22} {rows[name]['params']:>8,} params  {c.flops / 1e9:8.3f} GFLOP  "
-                f"temp {c.temp_bytes / 2**20:7.1f} MiB  levels {rows[name].get('levels', {}).get('train', '-')}")
+            log(
+                f"  {name:<22} {rows[name]['params']:>8,} params  {c.flops / 1e9:8.3f} GFLOP  "
+                f"temp {c.temp_bytes / 2**20:7.1f} MiB  levels {rows[name].get('levels', {}).get('train', '-')}"
+            )
         times = timing.interleaved(thunks, rounds, min_block_s=0.3, clusters=[list(thunks)])
         ref = next(n for n in names if load_config(n).layer == REFERENCE)
         for name, ts in times.items():
@@ -99,22 +113,36 @@ def run(rounds: int, log=print) -> dict:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# Two-level MTTT: cost of a training step ({result['date']})", "",
-             f"Command: `{result['command']}`. Machine: {result['machine']}; jax {result['jax']}; load at start "
-             f"{result['load']}. Models: the shipped configs (`ttt_compile/configs/{{mqar,lm}}_*.py`) at their "
-             f"default cell; one batch; value_and_grad of the task loss, float32, jit; median of {result['rounds']} "
-             "interleaved rounds. FLOPs: XLA cost analysis with loop trip counts (`ttt_compile.cost`).", ""]
+    lines = [
+        f"# Two-level MTTT: cost of a training step ({result['date']})",
+        "",
+        f"Command: `{result['command']}`. Machine: {result['machine']}; jax {result['jax']}; load at start "
+        f"{result['load']}. Models: the shipped configs (`ttt_compile/configs/{{mqar,lm}}_*.py`) at their "
+        f"default cell; one batch; value_and_grad of the task loss, float32, jit; median of {result['rounds']} "
+        "interleaved rounds. FLOPs: XLA cost analysis with loop trip counts (`ttt_compile.cost`).",
+        "",
+    ]
     for setting, s in result["settings"].items():
-        lines += [f"## {setting} (batch {s['batch']})", "",
-                  "| config | mixer | params | GFLOP / step | temp MiB | ms / step | x MTTT-MLP (IQR) |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        lines += [
+            f"## {setting} (batch {s['batch']})",
+            "",
+            "| config | mixer | params | GFLOP / step | temp MiB | ms / step | x MTTT-MLP (IQR) |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
         for name, r in s["rows"].items():
             q25, q75 = r["x_mlp_iqr"]
-            lines.append(f"| {name} | {r['layer']} | {r['params']:,} | {r['gflop']:.3f} | {r['temp_mib']:.1f} | "
-                         f"{r['ms']:.1f} | {r['x_mlp']:.2f} ({q25:.2f}-{q75:.2f}) |")
-        lines += ["", "FLOPs of the mixer alone on one sequence, by loop level (0: outside loops, 1: in the online "
-                  "inner loop, 2: in the learner's own TTT layer):", "",
-                  "| config | forward, by level | training step, by level |", "| --- | --- | --- |"]
+            lines.append(
+                f"| {name} | {r['layer']} | {r['params']:,} | {r['gflop']:.3f} | {r['temp_mib']:.1f} | "
+                f"{r['ms']:.1f} | {r['x_mlp']:.2f} ({q25:.2f}-{q75:.2f}) |"
+            )
+        lines += [
+            "",
+            "FLOPs of the mixer alone on one sequence, by loop level (0: outside loops, 1: in the online "
+            "inner loop, 2: in the learner's own TTT layer):",
+            "",
+            "| config | forward, by level | training step, by level |",
+            "| --- | --- | --- |",
+        ]
         for name, r in s["rows"].items():
             if "levels" in r:
                 f = ", ".join(f"{v / 1e6:.2f}M" for v in r["levels"]["forward"])
@@ -126,14 +154,20 @@ def markdown(result: dict) -> str:
 
 def main(argv=None) -> int:
     import os
+
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = ap.parse_args(argv)
     command = "python -m ttt_compile.benchmarks.nested_cost" + (f" --rounds {args.rounds}" if args.rounds != 7 else "")
-    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "command": command,
-              "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores", "jax": jax.__version__,
-              "load": " ".join(f"{x:.1f}" for x in os.getloadavg()), **run(args.rounds)}
+    result = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores",
+        "jax": jax.__version__,
+        "load": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+        **run(args.rounds),
+    }
     write_results(args.out, "nested_cost", result, markdown(result))
     return 0
 

@@ -6,6 +6,7 @@
 - flops_vs_n_d{d}.png:   FLOPs (fwd, train) vs n, same layout;
 - flops_ratio_d{d}_n{n}.png: FLOPs of each pipeline / none, per layer, at each sweep shape.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -32,7 +33,9 @@ def _figure(value, groups, dim):
             for kind in ("fwd", "train"):
                 v = value(progs[c["program"]]["fig"][kind])
                 if v is not None:
-                    out.setdefault(c["layer"], {}).setdefault(c["pipeline"], {}).setdefault(kind, []).append((g["n"], v))
+                    out.setdefault(c["layer"], {}).setdefault(c["pipeline"], {}).setdefault(kind, []).append(
+                        (g["n"], v)
+                    )
     return out
 
 
@@ -50,8 +53,14 @@ def _panels(data, title, ylabel, path: Path) -> Path | None:
             for kind, style in (("fwd", "--"), ("train", "-")):
                 pts = sorted(kinds.get(kind, []))
                 if pts:
-                    ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", color=color,
-                            label=f"{label}, {kind}")
+                    ax.plot(
+                        [p[0] for p in pts],
+                        [p[1] for p in pts],
+                        style,
+                        marker="o",
+                        color=color,
+                        label=f"{label}, {kind}",
+                    )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xticks(ns, [str(n) for n in ns], fontsize=8)
@@ -62,7 +71,7 @@ def _panels(data, title, ylabel, path: Path) -> Path | None:
         ax.set_xlabel("n (tokens)")
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.suptitle(title)
@@ -97,8 +106,9 @@ def flops_ratio(group: dict, path: Path) -> Path | None:
         ax.set_ylabel(f"FLOPs {kind} / none")
         ax.grid(True, axis="y", alpha=0.3)
     axes[0, 0].legend(fontsize=7, ncol=min(len(pipes), 4), loc="lower left", framealpha=0.9)
-    fig.suptitle(f"FLOPs per pipeline / naive (none), d={group['dim']} H={group['heads']} n={group['n']} "
-                 f"batch {group['batch']}")
+    fig.suptitle(
+        f"FLOPs per pipeline / naive (none), d={group['dim']} H={group['heads']} n={group['n']} batch {group['batch']}"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -111,11 +121,16 @@ def write_all(results: dict, out_dir: Path) -> list[Path]:
     written = []
     for dim in dict.fromkeys(g["dim"] for g in groups):
         for stem, value, ylabel, title in (
-                ("time_vs_n", lambda f: f.get("wall_s") and f["wall_s"] * 1e3, "ms (median)", "wall-clock"),
-                ("memory_vs_n", lambda f: f["temp_bytes"] and f["temp_bytes"] / 2**20, "temp MiB", "compiled temp memory"),
-                ("flops_vs_n", lambda f: f["flops"] / 1e9, "GFLOP", "FLOPs (trip counts included)")):
-            p = _panels(_figure(value, groups, dim), f"{title} vs n, d={dim}, batch {groups[0]['batch']} "
-                        "(dashed: forward, solid: train step)", ylabel, out_dir / f"{stem}_d{dim}.png")
+            ("time_vs_n", lambda f: f.get("wall_s") and f["wall_s"] * 1e3, "ms (median)", "wall-clock"),
+            ("memory_vs_n", lambda f: f["temp_bytes"] and f["temp_bytes"] / 2**20, "temp MiB", "compiled temp memory"),
+            ("flops_vs_n", lambda f: f["flops"] / 1e9, "GFLOP", "FLOPs (trip counts included)"),
+        ):
+            p = _panels(
+                _figure(value, groups, dim),
+                f"{title} vs n, d={dim}, batch {groups[0]['batch']} (dashed: forward, solid: train step)",
+                ylabel,
+                out_dir / f"{stem}_d{dim}.png",
+            )
             if p:
                 written.append(p)
     for g in groups:

@@ -24,6 +24,7 @@ each n, in one process:
 Run: `python -m ttt_compile.benchmarks.released --released-dir /tmp/mttt [--ns 196 1024] [--reps 15]
 [--out benchmarks/results/released]`; writes released.json and released.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,7 @@ class Variant:
     """One released configuration (`config.inner.TTT` of the released config files / README)."""
 
     name: str
-    inner_encoder: str           # "mlp_1" (linear) or "mlp_2" (MLP, hidden 4 d_h)
+    inner_encoder: str  # "mlp_1" (linear) or "mlp_2" (MLP, hidden 4 d_h)
     inner_lr: tuple[float, ...]  # one step size per inner step (T = its length)
     sgd: bool
     decoder_ln: bool
@@ -63,16 +64,30 @@ class Variant:
     train_init: bool
 
     def config(self) -> types.SimpleNamespace:
-        return types.SimpleNamespace(inner_encoder=self.inner_encoder, inner_itr=len(self.inner_lr),
-                                     inner_lr=self.inner_lr, train_init=self.train_init,
-                                     inner_encoder_init=self.encoder_init, inner_encoder_bias=self.encoder_bias,
-                                     decoder_LN=self.decoder_ln, SGD=self.sgd)
+        return types.SimpleNamespace(
+            inner_encoder=self.inner_encoder,
+            inner_itr=len(self.inner_lr),
+            inner_lr=self.inner_lr,
+            train_init=self.train_init,
+            inner_encoder_init=self.encoder_init,
+            inner_encoder_bias=self.encoder_bias,
+            decoder_LN=self.decoder_ln,
+            SGD=self.sgd,
+        )
 
 
 _MLP = dict(inner_encoder="mlp_2", decoder_ln=True, encoder_bias=True, encoder_init="xavier_uniform", train_init=True)
 VARIANTS = {
-    "mttt_linear": Variant("MTTT-Linear", "mlp_1", (1.0,), False, decoder_ln=False, encoder_bias=False,
-                           encoder_init="zero", train_init=False),
+    "mttt_linear": Variant(
+        "MTTT-Linear",
+        "mlp_1",
+        (1.0,),
+        False,
+        decoder_ln=False,
+        encoder_bias=False,
+        encoder_init="zero",
+        train_init=False,
+    ),
     "mttt_mlp_T1": Variant("MTTT-MLP T=1", inner_lr=(1.0,), sgd=False, **_MLP),
     "mttt_mlp_T4_full": Variant("MTTT-MLP full-batch T=4", inner_lr=(1.0,) * 4, sgd=False, **_MLP),
     "mttt_mlp_T4_sgd": Variant("MTTT-MLP SGD T=4", inner_lr=(1.0,) * 4, sgd=True, **_MLP),
@@ -88,8 +103,10 @@ def import_released(released_dir: Path):
     """The released `inner_loop` module, imported from `released_dir` (a checkout of the released repo)."""
     path = Path(released_dir) / "inner_loop.py"
     if not path.is_file():
-        raise SystemExit(f"--released-dir {released_dir}: no inner_loop.py there; clone "
-                         "https://github.com/test-time-training/mttt and pass its folder")
+        raise SystemExit(
+            f"--released-dir {released_dir}: no inner_loop.py there; clone "
+            "https://github.com/test-time-training/mttt and pass its folder"
+        )
     try:
         import flax  # noqa: F401
     except ImportError:
@@ -102,8 +119,9 @@ def import_released(released_dir: Path):
 
 def released_commit(released_dir: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(released_dir), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(released_dir), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -113,8 +131,10 @@ def released_commit(released_dir: Path) -> str | None:
 def identity_shuffle(module):
     """Within the block, the released SGD step's token shuffle keeps the tokens in order (its uniform
     noise becomes increasing), so its T mini-batches are our contiguous blocks.  For checking values only."""
+
     def increasing(key, shape, dtype=jnp.float32, *args, **kwargs):
         return jnp.broadcast_to(jnp.arange(shape[-1], dtype=dtype), shape)
+
     with mock.patch.object(module.jax.random, "uniform", increasing):
         yield
 
@@ -132,6 +152,7 @@ def released_step(module, variant: Variant, dim: int, heads: int, x, seed: int =
     def loss(p, x):
         y, _ = layer.apply({"params": {**p, **frozen}}, x, rngs=rng)
         return jnp.sum(jnp.sin(y))
+
     return jax.value_and_grad(loss), trained, params, layer
 
 
@@ -151,6 +172,7 @@ def our_step(variant: Variant, params, x):
     """(step(p, x), p) of our layer loaded from the released parameters, compiled by tc.compile."""
     import ttt_compile as tc
     from ttt_compile.layer.released import from_released
+
     layer = from_released(params, inner_lr=variant.inner_lr, sgd=variant.sgd, train_init=variant.train_init)
     prog = tc.compile(layer, x[0])
     fn, p = timing.train_fn(prog)
@@ -161,12 +183,12 @@ def our_step(variant: Variant, params, x):
 def compile_figures(fn, args) -> tuple[dict, object]:
     """({flops, temp_bytes, compile_s}, executable) of jit(fn) at args; FLOPs with loop trip counts."""
     from ttt_compile import cost
+
     t0 = time.perf_counter()
     exe = jax.jit(fn).lower(*args).compile()
     compile_s = time.perf_counter() - t0
     ma = exe.memory_analysis()
-    return {"flops": cost.of(fn, *args).flops, "temp_bytes": int(ma.temp_size_in_bytes),
-            "compile_s": compile_s}, exe
+    return {"flops": cost.of(fn, *args).flops, "temp_bytes": int(ma.temp_size_in_bytes), "compile_s": compile_s}, exe
 
 
 def rel_err(a, b) -> float:
@@ -179,29 +201,34 @@ def check_same(module, variant: Variant, layer_r, params_r, prog, x) -> dict:
     training step's loss and gradients.  The released gradients are mapped to our parameters by the
     same conversion as the parameters (`from_released` only transposes and reshapes, a linear map)."""
     from ttt_compile.layer.released import from_released
+
     rng = {"idx": jax.random.PRNGKey(0)}
     with identity_shuffle(module):
         y_r = jax.jit(lambda p, x: layer_r.apply({"params": p}, x, rngs=rng)[0])(params_r, x)
-        loss_r, g_r = jax.jit(jax.value_and_grad(
-            lambda p: jnp.sum(jnp.sin(layer_r.apply({"params": p}, x, rngs=rng)[0]))))(params_r)
+        loss_r, g_r = jax.jit(
+            jax.value_and_grad(lambda p: jnp.sum(jnp.sin(layer_r.apply({"params": p}, x, rngs=rng)[0])))
+        )(params_r)
     step_o, p_o = timing.train_fn(prog)
     loss_o, g_o = jax.jit(step_o)(p_o, x)
-    if not variant.train_init:       # ours has no W0 then: the released gradient of its frozen W0 is not compared
+    if not variant.train_init:  # ours has no W0 then: the released gradient of its frozen W0 is not compared
         g_r = {k: (jax.tree.map(jnp.zeros_like, v) if k.startswith("inner_Dense") else v) for k, v in g_r.items()}
-    as_ours = from_released(jax.tree.map(np.asarray, g_r), inner_lr=variant.inner_lr, sgd=variant.sgd,
-                            train_init=variant.train_init)
+    as_ours = from_released(
+        jax.tree.map(np.asarray, g_r), inner_lr=variant.inner_lr, sgd=variant.sgd, train_init=variant.train_init
+    )
     want = jax.tree_util.tree_leaves(eqx.partition(as_ours, eqx.is_inexact_array)[0])
     got = jax.tree_util.tree_leaves(g_o)
     if len(want) != len(got):
         raise AssertionError(f"{variant.name}: {len(got)} gradient leaves in ours, {len(want)} in the released map")
     y_o = eqx.filter_jit(lambda m, x: jax.vmap(m)(x))(prog, x)
-    return {"output": rel_err(y_o, y_r), "loss": rel_err(loss_o, loss_r),
-            "grads": max(rel_err(a, b) for a, b in zip(got, want))}
+    return {
+        "output": rel_err(y_o, y_r),
+        "loss": rel_err(loss_o, loss_r),
+        "grads": max(rel_err(a, b) for a, b in zip(got, want)),
+    }
 
 
 # --------------------------------------------------------------------------- the run
-def run(released_dir: Path, *, ns, variants, batch: int, dim: int, heads: int, reps: int,
-        min_block_s: float) -> dict:
+def run(released_dir: Path, *, ns, variants, batch: int, dim: int, heads: int, reps: int, min_block_s: float) -> dict:
     """Measure every (n, variant); returns the results dict (rows and facts)."""
     module = import_released(released_dir)
     commit = released_commit(released_dir)
@@ -211,12 +238,22 @@ def run(released_dir: Path, *, ns, variants, batch: int, dim: int, heads: int, r
     for n in ns:
         x = jax.random.normal(jax.random.PRNGKey(n), (batch, n, dim), jnp.float32)
         for name in variants:
-            rows.append(measure(module, VARIANTS[name], name, x, dim, heads, reps, min_block_s,
-                                (peak_thunk, peak_flops)))
+            rows.append(
+                measure(module, VARIANTS[name], name, x, dim, heads, reps, min_block_s, (peak_thunk, peak_flops))
+            )
             jax.clear_caches()
             gc.collect()
-    return {"released_commit": commit, "released_dir": str(released_dir), "batch": batch, "dim": dim,
-            "heads": heads, "ns": list(ns), "reps": reps, "min_block_s": min_block_s, "rows": rows}
+    return {
+        "released_commit": commit,
+        "released_dir": str(released_dir),
+        "batch": batch,
+        "dim": dim,
+        "heads": heads,
+        "ns": list(ns),
+        "reps": reps,
+        "min_block_s": min_block_s,
+        "rows": rows,
+    }
 
 
 def measure(module, v: Variant, name: str, x, dim: int, heads: int, reps: int, min_block_s: float, peak) -> dict:
@@ -228,60 +265,88 @@ def measure(module, v: Variant, name: str, x, dim: int, heads: int, reps: int, m
     same = check_same(module, v, layer_r, all_r, prog, x)
     fig_r, exe_r = compile_figures(step_r, (p_r, x))
     fig_o, exe_o = compile_figures(step_o, (p_o, x))
-    log(f"n={n} {v.name}: ours {fig_o['flops'] / 1e9:.2f} GFLOP, {fig_o['temp_bytes'] / 2**20:.1f} MiB; "
-        f"released {fig_r['flops'] / 1e9:.2f} GFLOP, {fig_r['temp_bytes'] / 2**20:.1f} MiB; rel. errors {same}")
+    log(
+        f"n={n} {v.name}: ours {fig_o['flops'] / 1e9:.2f} GFLOP, {fig_o['temp_bytes'] / 2**20:.1f} MiB; "
+        f"released {fig_r['flops'] / 1e9:.2f} GFLOP, {fig_r['temp_bytes'] / 2**20:.1f} MiB; rel. errors {same}"
+    )
     thunks = {"ours": lambda: exe_o(p_o, x), "released": lambda: exe_r(p_r, x), "peak": peak_thunk}
     rounds = timing.interleaved(thunks, reps, min_block_s=min_block_s, clusters=[["ours", "released", "peak"]])
     ratio = timing.ratio(rounds["ours"], rounds["released"])
     q25, q75 = timing.ratio_quartiles(rounds["ours"], rounds["released"])
-    row = {"variant": name, "label": v.name, "n": n, "ratio": ratio, "ratio_q25": q25, "ratio_q75": q75,
-           "peak_gflops": peak_flops / timing.median(rounds["peak"]) / 1e9, "same": same,
-           "temp_ratio": fig_o["temp_bytes"] / max(fig_r["temp_bytes"], 1), "flops_ratio": fig_o["flops"] / fig_r["flops"]}
+    row = {
+        "variant": name,
+        "label": v.name,
+        "n": n,
+        "ratio": ratio,
+        "ratio_q25": q25,
+        "ratio_q75": q75,
+        "peak_gflops": peak_flops / timing.median(rounds["peak"]) / 1e9,
+        "same": same,
+        "temp_ratio": fig_o["temp_bytes"] / max(fig_r["temp_bytes"], 1),
+        "flops_ratio": fig_o["flops"] / fig_r["flops"],
+    }
     for side, fig, series in (("ours", fig_o, rounds["ours"]), ("released", fig_r, rounds["released"])):
-        row[side] = {**fig, "wall_s": timing.median(series), "spread": timing.spread(series),
-                     "gflops": fig["flops"] / timing.median(series) / 1e9,
-                     "frac_peak": fig["flops"] / peak_flops * timing.ratio(rounds["peak"], series),
-                     "rounds_s": series}
-    log(f"  time ours/released {ratio:.3f} ({q25:.2f}-{q75:.2f}); ours {row['ours']['wall_s'] * 1e3:.1f} ms "
+        row[side] = {
+            **fig,
+            "wall_s": timing.median(series),
+            "spread": timing.spread(series),
+            "gflops": fig["flops"] / timing.median(series) / 1e9,
+            "frac_peak": fig["flops"] / peak_flops * timing.ratio(rounds["peak"], series),
+            "rounds_s": series,
+        }
+    log(
+        f"  time ours/released {ratio:.3f} ({q25:.2f}-{q75:.2f}); ours {row['ours']['wall_s'] * 1e3:.1f} ms "
         f"({row['ours']['frac_peak']:.2f} of peak), released {row['released']['wall_s'] * 1e3:.1f} ms "
-        f"({row['released']['frac_peak']:.2f}); peak {row['peak_gflops']:.0f} GFLOP/s")
+        f"({row['released']['frac_peak']:.2f}); peak {row['peak_gflops']:.0f} GFLOP/s"
+    )
     return row
 
 
 def markdown(res: dict) -> str:
     """released.md: the side-by-side table."""
-    lines = [f"# Training step: ttt-compile vs the released MTTT layer ({res['date']})", "",
-             f"Command: `{res['command']}`", "",
-             f"Released code: test-time-training/mttt `inner_loop.py`, commit {res['released_commit']} (imported at "
-             f"run time from {res['released_dir']}, not part of this repository). Ours: commit "
-             f"{res['source']['commit'] or '?'}{' with uncommitted changes' if res['source']['tracked_changes'] else ''}, "
-             "`tc.compile(from_released(params), x)` with the default pipeline.", "",
-             f"Machine: {res['machine']['processor']}, {res['machine']['cpus_usable']} usable CPUs, jax "
-             f"{res['machine']['jax']}; load average at start {res['machine']['loadavg_start'][0]:.2f}, end "
-             f"{res['loadavg_end'][0]:.2f}: the machine was shared with other jobs.", "",
-             f"Training step = value_and_grad of sum(sin(layer(x))) w.r.t. the layer's parameters, x (B={res['batch']}, "
-             f"n, d={res['dim']}), H={res['heads']}, float32. Time ratio: median over {res['reps']} interleaved rounds "
-             "of the per-round ratio ours/released (25th-75th percentile in brackets), both steps and a 2048^2 f32 "
-             "matmul timed back to back in random order in each round. FLOPs: XLA cost analysis with loop trip "
-             "counts. Memory: compiled temp bytes. % peak: the step's FLOPs / its time, over the matmul's FLOP/s "
-             "in the same rounds. Values: max relative error of ours vs the released outputs / gradients "
-             "(SGD: released shuffle fixed to the identity order for the check).", "",
-             "| variant | n | time ours/released | ours ms | released ms | GFLOP ours | GFLOP released | "
-             "temp MiB ours | temp MiB released | temp ratio | % peak ours | % peak released | peak GFLOP/s | "
-             "rel. err out / grad |", "|" + "---|" * 14]
+    lines = [
+        f"# Training step: ttt-compile vs the released MTTT layer ({res['date']})",
+        "",
+        f"Command: `{res['command']}`",
+        "",
+        f"Released code: test-time-training/mttt `inner_loop.py`, commit {res['released_commit']} (imported at "
+        f"run time from {res['released_dir']}, not part of this repository). Ours: commit "
+        f"{res['source']['commit'] or '?'}{' with uncommitted changes' if res['source']['tracked_changes'] else ''}, "
+        "`tc.compile(from_released(params), x)` with the default pipeline.",
+        "",
+        f"Machine: {res['machine']['processor']}, {res['machine']['cpus_usable']} usable CPUs, jax "
+        f"{res['machine']['jax']}; load average at start {res['machine']['loadavg_start'][0]:.2f}, end "
+        f"{res['loadavg_end'][0]:.2f}: the machine was shared with other jobs.",
+        "",
+        f"Training step = value_and_grad of sum(sin(layer(x))) w.r.t. the layer's parameters, x (B={res['batch']}, "
+        f"n, d={res['dim']}), H={res['heads']}, float32. Time ratio: median over {res['reps']} interleaved rounds "
+        "of the per-round ratio ours/released (25th-75th percentile in brackets), both steps and a 2048^2 f32 "
+        "matmul timed back to back in random order in each round. FLOPs: XLA cost analysis with loop trip "
+        "counts. Memory: compiled temp bytes. % peak: the step's FLOPs / its time, over the matmul's FLOP/s "
+        "in the same rounds. Values: max relative error of ours vs the released outputs / gradients "
+        "(SGD: released shuffle fixed to the identity order for the check).",
+        "",
+        "| variant | n | time ours/released | ours ms | released ms | GFLOP ours | GFLOP released | "
+        "temp MiB ours | temp MiB released | temp ratio | % peak ours | % peak released | peak GFLOP/s | "
+        "rel. err out / grad |",
+        "|" + "---|" * 14,
+    ]
     for r in res["rows"]:
         o, q = r["ours"], r["released"]
-        lines.append(f"| {r['label']} | {r['n']} | **{r['ratio']:.3f}** ({r['ratio_q25']:.2f}-{r['ratio_q75']:.2f}) | "
-                     f"{o['wall_s'] * 1e3:.1f} | {q['wall_s'] * 1e3:.1f} | {o['flops'] / 1e9:.2f} | {q['flops'] / 1e9:.2f} | "
-                     f"{o['temp_bytes'] / 2**20:.1f} | {q['temp_bytes'] / 2**20:.1f} | {r['temp_ratio']:.2f} | "
-                     f"{100 * o['frac_peak']:.0f} | {100 * q['frac_peak']:.0f} | {r['peak_gflops']:.0f} | "
-                     f"{r['same']['output']:.1e} / {r['same']['grads']:.1e} |")
+        lines.append(
+            f"| {r['label']} | {r['n']} | **{r['ratio']:.3f}** ({r['ratio_q25']:.2f}-{r['ratio_q75']:.2f}) | "
+            f"{o['wall_s'] * 1e3:.1f} | {q['wall_s'] * 1e3:.1f} | {o['flops'] / 1e9:.2f} | {q['flops'] / 1e9:.2f} | "
+            f"{o['temp_bytes'] / 2**20:.1f} | {q['temp_bytes'] / 2**20:.1f} | {r['temp_ratio']:.2f} | "
+            f"{100 * o['frac_peak']:.0f} | {100 * q['frac_peak']:.0f} | {r['peak_gflops']:.0f} | "
+            f"{r['same']['output']:.1e} / {r['same']['grads']:.1e} |"
+        )
     lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     from .suite import machine, source_state
+
     ap = argparse.ArgumentParser(prog="python -m ttt_compile.benchmarks.released", description=__doc__.split("\n")[0])
     ap.add_argument("--released-dir", type=Path, required=True, help="a checkout of test-time-training/mttt")
     ap.add_argument("--ns", type=int, nargs="+", default=[196, 1024])
@@ -294,11 +359,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/released"))
     args = ap.parse_args(argv)
     facts, source = machine(), source_state()
-    res = run(args.released_dir, ns=args.ns, variants=args.variants, batch=args.batch, dim=args.dim,
-              heads=args.heads, reps=args.reps, min_block_s=args.min_block)
-    res |= {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": facts,
-            "source": source, "loadavg_end": list(os.getloadavg()),
-            "command": "python -m ttt_compile.benchmarks.released " + " ".join(sys.argv[1:] if argv is None else argv)}
+    res = run(
+        args.released_dir,
+        ns=args.ns,
+        variants=args.variants,
+        batch=args.batch,
+        dim=args.dim,
+        heads=args.heads,
+        reps=args.reps,
+        min_block_s=args.min_block,
+    )
+    res |= {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "machine": facts,
+        "source": source,
+        "loadavg_end": list(os.getloadavg()),
+        "command": "python -m ttt_compile.benchmarks.released " + " ".join(sys.argv[1:] if argv is None else argv),
+    }
     write_results(args.out, "released", res, markdown(res), log=log)
     return 0
 

@@ -1,4 +1,5 @@
 """Where a benchmark's results go: one JSON of the figures and one markdown rendering, side by side."""
+
 from __future__ import annotations
 
 import json

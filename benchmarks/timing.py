@@ -9,6 +9,7 @@ the median over rounds of the per-call time.  Never divide figures taken in diff
 `forward`, `train_step` and `ratio_interleaved` mirror /work/shared/checks/targets.py, so the
 suite's figures and the published target checks measure the same thing.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,7 +17,8 @@ import os
 import random
 import statistics
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -42,6 +44,7 @@ def train_fn(m) -> tuple[Callable, Any]:
 
     def loss(p, x):
         return jnp.sum(jnp.sin(jax.vmap(eqx.combine(p, static))(x)))
+
     return jax.value_and_grad(loss), params
 
 
@@ -73,9 +76,15 @@ def calls_per_block(single_s: float, min_block_s: float) -> int:
     return max(1, int(math.ceil(min_block_s / max(single_s, 1e-7))))
 
 
-def interleaved(thunks: Mapping[str, Thunk], reps: int, *, min_block_s: float = 0.05,
-                singles: Mapping[str, float] | None = None, clusters: list[list[str]] | None = None,
-                seed: int = 0) -> dict[str, list[float]]:
+def interleaved(
+    thunks: Mapping[str, Thunk],
+    reps: int,
+    *,
+    min_block_s: float = 0.05,
+    singles: Mapping[str, float] | None = None,
+    clusters: list[list[str]] | None = None,
+    seed: int = 0,
+) -> dict[str, list[float]]:
     """Per-call seconds of each thunk in each of `reps` interleaved rounds.
 
     Thunks without a single-call estimate in `singles` are warmed up with one call (whose time is
@@ -149,4 +158,4 @@ def matmul_peak(size: int = 2048, *, seed: int = 0) -> tuple[Thunk, float]:
     a = jax.random.normal(k1, (size, size), jnp.float32)
     b = jax.random.normal(k2, (size, size), jnp.float32)
     f = jax.jit(jnp.dot).lower(a, b).compile()
-    return (lambda: f(a, b)), 2.0 * size ** 3
+    return (lambda: f(a, b)), 2.0 * size**3

@@ -5,10 +5,11 @@
 A TTT layer learns over the m sub-tokens of one head's token z; W1, W2 are fast weights, the inner
 layer's phi, psi, g, h outer parameters (`outer=`) or, with `inner_fast=True`, fast weights too.
 """
+
 import equinox as eqx
-import optax
 import jax
 import jax.numpy as jnp
+import optax
 from jaxtyping import Array, Float
 
 import ttt_compile as tc
@@ -31,9 +32,26 @@ class TTTLearner(eqx.Module):
         return self.W2 @ self.inner((self.W1 @ z).reshape(self.m, -1)).reshape(-1)
 
 
-def make_layer(dim: int = 8, heads: int = 2, *, m: int = 3, d: int = 4, steps: int = 2, lr: float = 0.02,
-               inner_steps: int = 1, inner_fast: bool = False, key):
+def make_layer(
+    dim: int = 8,
+    heads: int = 2,
+    *,
+    m: int = 3,
+    d: int = 4,
+    steps: int = 2,
+    lr: float = 0.02,
+    inner_steps: int = 1,
+    inner_fast: bool = False,
+    key,
+):
     k1, k2 = jax.random.split(key)
     learner = TTTLearner(dim // heads, m, d, steps=inner_steps, key=k1)
-    return tc.TTTLayer(dim, heads, learner, init="learned", inner=tc.Inner(steps=steps, optimizer=optax.sgd(lr)), key=k2,
-                       outer=None if inner_fast else (lambda f: f.inner))
+    return tc.TTTLayer(
+        dim,
+        heads,
+        learner,
+        init="learned",
+        inner=tc.Inner(steps=steps, optimizer=optax.sgd(lr)),
+        key=k2,
+        outer=None if inner_fast else (lambda f: f.inner),
+    )

@@ -1,4 +1,5 @@
 """A learner the package does not ship: f(z; W) = z + LN(W z), a residual linear learner."""
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -21,5 +22,6 @@ class ResidualLinear(eqx.Module):
 
 def make_layer(dim: int, heads: int, *, key):
     k1, k2 = jax.random.split(key)
-    return tc.TTTLayer(dim, heads, ResidualLinear(dim // heads, key=k1), init="learned",
-                       inner=tc.Inner(steps=2), key=k2)
+    return tc.TTTLayer(
+        dim, heads, ResidualLinear(dim // heads, key=k1), init="learned", inner=tc.Inner(steps=2), key=k2
+    )

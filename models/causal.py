@@ -19,6 +19,7 @@ c x d_h per chunk, so time O(n c d_h + n d_h^2) and the n/c chunk states of d_h^
 instead of the n^2 score matrix of the masked form.  `step` runs the same recurrence one token at a
 time with (S, z, i) as its O(D) state.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -54,15 +55,16 @@ def exclusive_cumsum(x: Array, axis: int = 0) -> Array:
     return jax.lax.slice_in_dim(jnp.cumsum(jnp.pad(x, pad), axis=axis), 0, x.shape[axis], axis=axis)
 
 
-def chunked_causal(fq: Float[Array, "n heads dh"], fk: Float[Array, "n heads dh"],
-                   v: Float[Array, "n heads dv"], chunk: int) -> tuple[Array, Array]:
+def chunked_causal(
+    fq: Float[Array, "n heads dh"], fk: Float[Array, "n heads dh"], v: Float[Array, "n heads dv"], chunk: int
+) -> tuple[Array, Array]:
     """(numerators sum_{j<=i} (fk_j . fq_i) v_j, denominators sum_{j<=i} fk_j . fq_i), per token and
     head, computed chunk by chunk: inter-chunk through the prefix states, intra-chunk masked."""
     n, H, dh = fq.shape
     C = n // chunk
     fq, fk, v = (a.reshape(C, chunk, H, a.shape[-1]) for a in (fq, fk, v))
-    S = exclusive_cumsum(jnp.einsum("cjhk,cjhv->chkv", fk, v))           # (C, H, dh, dv)
-    z = exclusive_cumsum(jnp.sum(fk, axis=1))                             # (C, H, dh)
+    S = exclusive_cumsum(jnp.einsum("cjhk,cjhv->chkv", fk, v))  # (C, H, dh, dv)
+    z = exclusive_cumsum(jnp.sum(fk, axis=1))  # (C, H, dh)
     scores = jnp.einsum("cihk,cjhk->chij", fq, fk)
     scores = jnp.where(jnp.tril(jnp.ones((chunk, chunk), bool)), scores, 0.0)
     num = jnp.einsum("chij,cjhv->cihv", scores, v) + jnp.einsum("cihk,chkv->cihv", fq, S)
@@ -70,8 +72,9 @@ def chunked_causal(fq: Float[Array, "n heads dh"], fk: Float[Array, "n heads dh"
     return num.reshape(n, H, -1), den.reshape(n, H)
 
 
-def scan_causal(fq: Float[Array, "n heads dh"], fk: Float[Array, "n heads dh"],
-                v: Float[Array, "n heads dv"], chunk: int) -> tuple[Array, Array]:
+def scan_causal(
+    fq: Float[Array, "n heads dh"], fk: Float[Array, "n heads dh"], v: Float[Array, "n heads dv"], chunk: int
+) -> tuple[Array, Array]:
     """What `chunked_causal` returns, computed the standard way: ``lax.scan`` over the n/c chunks
     carrying the states (S, z) of the tokens before the chunk (heads batched inside the step):
 
@@ -87,7 +90,7 @@ def scan_causal(fq: Float[Array, "n heads dh"], fk: Float[Array, "n heads dh"],
 
     def step(state, qkv):
         S, z = state
-        q, k, vv = qkv                                                    # (H, c, dh), (H, c, dv)
+        q, k, vv = qkv  # (H, c, dh), (H, c, dv)
         scores = jnp.where(mask, jnp.einsum("hik,hjk->hij", q, k), 0.0)
         num = jnp.einsum("hij,hjv->hiv", scores, vv) + jnp.einsum("hik,hkv->hiv", q, S)
         den = jnp.sum(scores, axis=-1) + jnp.einsum("hik,hk->hi", q, z)
@@ -114,19 +117,27 @@ class CausalLinearAttention(eqx.Module):
     feature_map: str = eqx.field(static=True)
     form: str = eqx.field(static=True)
 
-    def __init__(self, dim: int, heads: int, *, chunk: int = 64, feature_map: str = "identity",
-                 form: str = "scan", key: PRNGKeyArray):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        chunk: int = 64,
+        feature_map: str = "identity",
+        form: str = "scan",
+        key: PRNGKeyArray,
+    ):
         if not isinstance(dim, int) or not isinstance(heads, int) or dim < 1 or heads < 1 or dim % heads:
-            raise SpecError(f"causal_linear_attention: heads must divide dim (both positive ints), got "
-                            f"dim={dim!r}, heads={heads!r}")
+            raise SpecError(
+                f"causal_linear_attention: heads must divide dim (both positive ints), got dim={dim!r}, heads={heads!r}"
+            )
         if feature_map not in FEATURE_MAPS:
-            raise SpecError(f"causal_linear_attention: feature_map must be one of {FEATURE_MAPS}, got "
-                            f"{feature_map!r}")
+            raise SpecError(f"causal_linear_attention: feature_map must be one of {FEATURE_MAPS}, got {feature_map!r}")
         if form not in FORMS:
             raise SpecError(f"causal_linear_attention: form must be one of {tuple(FORMS)}, got {form!r}")
         if not isinstance(chunk, int) or isinstance(chunk, bool) or chunk < 1:
             raise SpecError(f"causal_linear_attention: chunk must be a positive int, got {chunk!r}")
-        kp, kq, kg, kh = jax.random.split(key, 4)           # the split of Attention and TTTLayer
+        kp, kq, kg, kh = jax.random.split(key, 4)  # the split of Attention and TTTLayer
         self.phi, self.psi = Project(dim, heads, key=kp), Project(dim, heads, key=kq)
         self.g = Decoder(dim, heads, decoder_ln=False, key=kg)
         self.h = Output(dim, heads, key=kh)
@@ -141,8 +152,10 @@ class CausalLinearAttention(eqx.Module):
         n = x.shape[0]
         c = min(self.chunk, n)
         if n % c:
-            raise SpecError(f"causal_linear_attention: chunk={self.chunk} must divide the sequence length "
-                            f"n={n}; pick a divisor of n or pad the sequence")
+            raise SpecError(
+                f"causal_linear_attention: chunk={self.chunk} must divide the sequence length "
+                f"n={n}; pick a divisor of n or pad the sequence"
+            )
         fq = feature(self.psi.tokens(x), self.feature_map)
         fk = feature(self.phi.tokens(x), self.feature_map)
         num, den = FORMS[self.form](fq, fk, self.values(x), c)
@@ -154,14 +167,16 @@ class CausalLinearAttention(eqx.Module):
     def init_state(self, dtype=jnp.float32) -> LinearAttentionState:
         return linear_attention_state(self.dim, self.heads, dtype)
 
-    def step(self, state: LinearAttentionState, x: Float[Array, " d"]) -> tuple[Float[Array, " d"],
-                                                                                 LinearAttentionState]:
+    def step(
+        self, state: LinearAttentionState, x: Float[Array, " d"]
+    ) -> tuple[Float[Array, " d"], LinearAttentionState]:
         """One token of the recurrence (see `linear_attention_step`)."""
         return linear_attention_step(self, self.feature_map, state, x)
 
 
-def linear_attention_step(layer, feature_map: str, state: LinearAttentionState,
-                          x: Float[Array, " d"]) -> tuple[Float[Array, " d"], LinearAttentionState]:
+def linear_attention_step(
+    layer, feature_map: str, state: LinearAttentionState, x: Float[Array, " d"]
+) -> tuple[Float[Array, " d"], LinearAttentionState]:
     """One token of causal linear attention for any layer with phi, psi, g, h (this module or
     `layers.Attention`): S += f(k) v^T, z += f(k), i += 1, o = S^T f(q) / (i or f(q) . z)."""
     fk, fq = feature(layer.phi(x), feature_map), feature(layer.psi(x), feature_map)
@@ -177,17 +192,28 @@ def linear_attention_step(layer, feature_map: str, state: LinearAttentionState,
 def linear_attention_state(dim: int, heads: int, dtype=jnp.float32) -> LinearAttentionState:
     """The empty recurrent state: S = 0, z = 0, i = 0."""
     dh = dim // heads
-    return LinearAttentionState(jnp.zeros((heads, dh, dh), dtype), jnp.zeros((heads, dh), dtype),
-                                jnp.zeros((), jnp.int32))
+    return LinearAttentionState(
+        jnp.zeros((heads, dh, dh), dtype), jnp.zeros((heads, dh), dtype), jnp.zeros((), jnp.int32)
+    )
 
 
-def causal_linear_attention(*, dim: int, heads: int, key: PRNGKeyArray, chunk: int = 64,
-                            feature_map: str = "identity", form: str = "scan") -> CausalLinearAttention:
+def causal_linear_attention(
+    *, dim: int, heads: int, key: PRNGKeyArray, chunk: int = 64, feature_map: str = "identity", form: str = "scan"
+) -> CausalLinearAttention:
     """Chunked O(n) causal linear attention (options: chunk, feature_map "identity" | "elu1", form
     "scan" (lax.scan over chunks carrying the state) | "prefix" (all chunk states by a prefix sum));
     same weights and outputs as `layers.linear_attention(causal=True)` built from the same key."""
     return CausalLinearAttention(dim, heads, chunk=chunk, feature_map=feature_map, form=form, key=key)
 
 
-__all__ = ["CausalLinearAttention", "LinearAttentionState", "causal_linear_attention", "chunked_causal", "scan_causal",
-           "feature", "exclusive_cumsum", "linear_attention_step", "linear_attention_state"]
+__all__ = [
+    "CausalLinearAttention",
+    "LinearAttentionState",
+    "causal_linear_attention",
+    "chunked_causal",
+    "scan_causal",
+    "feature",
+    "exclusive_cumsum",
+    "linear_attention_step",
+    "linear_attention_state",
+]

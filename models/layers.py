@@ -15,6 +15,7 @@ shared bias, so `lr` is the released `inner_lr` and lr = 1 is eta = 1/d_h in eq.
 equals linear attention with `bias=False, lr=d_h`).  `parametrisation="paper"` is eq. 1 as written, no
 biases (eta = lr).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -63,7 +64,8 @@ class Attention(eqx.Module):
         k, q = self.phi.tokens(x), self.psi.tokens(x)
         v = jnp.einsum("hdk,nd->nhk", self.g.weight, x)
         o = {"softmax": softmax_attention, "identity": identity_attention, "elu1": elu1_attention}[self.kind](
-            q, k, v, self.causal)
+            q, k, v, self.causal
+        )
         return self.h.tokens(o)
 
 
@@ -96,8 +98,10 @@ def _check_dims(dim, heads):
     if not isinstance(dim, int) or not isinstance(heads, int) or dim < 1 or heads < 1:
         raise SpecError(f"dim and heads must be positive ints, got dim={dim!r}, heads={heads!r}")
     if dim % heads:
-        raise SpecError(f"heads={heads} must divide dim={dim}; pick heads from "
-                        f"{[h for h in range(1, dim + 1) if dim % h == 0][:12]}")
+        raise SpecError(
+            f"heads={heads} must divide dim={dim}; pick heads from "
+            f"{[h for h in range(1, dim + 1) if dim % h == 0][:12]}"
+        )
 
 
 def _options(name: str, options: dict, allowed: dict) -> dict:
@@ -114,8 +118,7 @@ def self_attention(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> Att
     return Attention(dim, heads, kind="softmax", causal=o["causal"], key=key)
 
 
-def linear_attention(*, dim: int, heads: int, key: PRNGKeyArray, feature_map: str = "identity",
-                     **options) -> Attention:
+def linear_attention(*, dim: int, heads: int, key: PRNGKeyArray, feature_map: str = "identity", **options) -> Attention:
     """Linear attention, feature_map "identity" (1/n q^T K^T V) or "elu1" (options: causal)."""
     if feature_map not in ("identity", "elu1"):
         raise SpecError(f"linear_attention: feature_map must be 'identity' or 'elu1', got {feature_map!r}")
@@ -123,17 +126,31 @@ def linear_attention(*, dim: int, heads: int, key: PRNGKeyArray, feature_map: st
     return Attention(dim, heads, kind=feature_map, causal=o["causal"], key=key)
 
 
-_TTT_OPTIONS = {"steps": 1, "batching": "full", "chunk": 1, "lr": 1.0, "decoder_ln": False, "init": "zero",
-                "optimizer": None, "parametrisation": "released", "bias": None, "eta": "fixed", "eta_base": 1.0, "inner_dtype": None,
-                "token_chunk": None}
+_TTT_OPTIONS = {
+    "steps": 1,
+    "batching": "full",
+    "chunk": 1,
+    "lr": 1.0,
+    "decoder_ln": False,
+    "init": "zero",
+    "optimizer": None,
+    "parametrisation": "released",
+    "bias": None,
+    "eta": "fixed",
+    "eta_base": 1.0,
+    "inner_dtype": None,
+    "token_chunk": None,
+}
 
 
 def task_for(parametrisation: str, decoder_ln: bool, bias: bool | None) -> Reconstruction:
     """The preset's task: the released code's parametrisation or eq. 1 as written (`bias` overrides
     whether phi/psi/g have biases; None keeps the parametrisation's choice)."""
     if parametrisation not in ("released", "paper"):
-        raise SpecError(f"parametrisation must be 'released' (the released code's: loss / d_h, biases) or "
-                        f"'paper' (eq. 1, no biases), got {parametrisation!r}")
+        raise SpecError(
+            f"parametrisation must be 'released' (the released code's: loss / d_h, biases) or "
+            f"'paper' (eq. 1, no biases), got {parametrisation!r}"
+        )
     task = Reconstruction.released(decoder_ln) if parametrisation == "released" else Reconstruction(decoder_ln)
     return task if bias is None else dataclasses.replace(task, bias=bias)
 
@@ -142,11 +159,25 @@ def _ttt(name, learner, dim, heads, key, options, outer=None, **defaults) -> TTT
     _check_dims(dim, heads)
     o = _options(name, options, {**_TTT_OPTIONS, **defaults})
     opt = o["optimizer"] if o["optimizer"] is not None else optax.sgd(o["lr"])
-    return TTTLayer(dim, heads, learner, init=o["init"], task=task_for(o["parametrisation"], o["decoder_ln"], o["bias"]),
-                    inner=Inner(steps=o["steps"], batching=o["batching"], chunk=o["chunk"], optimizer=opt,
-                                eta=o["eta"], eta_base=o["eta_base"], dtype=o["inner_dtype"],
-                                token_chunk=o["token_chunk"]),
-                    outer=outer, key=key)
+    return TTTLayer(
+        dim,
+        heads,
+        learner,
+        init=o["init"],
+        task=task_for(o["parametrisation"], o["decoder_ln"], o["bias"]),
+        inner=Inner(
+            steps=o["steps"],
+            batching=o["batching"],
+            chunk=o["chunk"],
+            optimizer=opt,
+            eta=o["eta"],
+            eta_base=o["eta_base"],
+            dtype=o["inner_dtype"],
+            token_chunk=o["token_chunk"],
+        ),
+        outer=outer,
+        key=key,
+    )
 
 
 def mttt_linear(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:
@@ -161,7 +192,7 @@ def mttt_mlp(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:
     _check_dims(dim, heads)
     k_learner, k_layer = jax.random.split(key)
     learner = MLP(dim // heads, key=k_learner)
-    if options.get("init") == "zero":                   # W0 = 0 is the learner's own value, not a reset
+    if options.get("init") == "zero":  # W0 = 0 is the learner's own value, not a reset
         learner = jax.tree.map(jnp.zeros_like, learner)
     return _ttt("mttt_mlp", learner, dim, heads, k_layer, options, init="learned", decoder_ln=True)
 
@@ -205,8 +236,9 @@ def mttt_nested(*, dim: int, heads: int, key: PRNGKeyArray, sub: int = 8, **opti
     _check_dims(dim, heads)
     k_learner, k_layer = jax.random.split(key)
     learner = NestedMLP(dim // heads, sub=sub, key=k_learner)
-    return _ttt("mttt_nested", learner, dim, heads, k_layer, options, outer=lambda f: f.inner, init="learned",
-                decoder_ln=True)
+    return _ttt(
+        "mttt_nested", learner, dim, heads, k_layer, options, outer=lambda f: f.inner, init="learned", decoder_ln=True
+    )
 
 
 def mttt_kernel(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:
@@ -217,9 +249,15 @@ def mttt_kernel(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLay
     return TTTLayer(dim, heads, NadarayaWatson(), task=Reconstruction(decoder_ln=o["decoder_ln"]), key=key)
 
 
-PRESETS = {"self_attention": self_attention, "linear_attention": linear_attention,
-           "linear_attention_elu1": lambda **kw: linear_attention(feature_map="elu1", **kw),
-           "mttt_linear": mttt_linear, "mttt_mlp": mttt_mlp, "mttt_kernel": mttt_kernel, "mttt_nested": mttt_nested}
+PRESETS = {
+    "self_attention": self_attention,
+    "linear_attention": linear_attention,
+    "linear_attention_elu1": lambda **kw: linear_attention(feature_map="elu1", **kw),
+    "mttt_linear": mttt_linear,
+    "mttt_mlp": mttt_mlp,
+    "mttt_kernel": mttt_kernel,
+    "mttt_nested": mttt_nested,
+}
 
 
 def get(name: str):

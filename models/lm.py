@@ -27,10 +27,12 @@ a time with per-layer state of a size independent of the position (O(D)):
 
 `decode(tokens)` equals `__call__(tokens)` (the chunked training form) token for token.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
@@ -83,25 +85,27 @@ def chunk_start_weights(layer: TTTLayer):
 
 def ttt_init_state(layer: TTTLayer) -> TTTState:
     W = chunk_start_weights(layer)
-    return TTTState(W, jax.vmap(layer.inner.optimizer.init)(W), jax.tree.map(jnp.zeros_like, W),
-                    jnp.zeros((), jnp.int32))
+    return TTTState(
+        W, jax.vmap(layer.inner.optimizer.init)(W), jax.tree.map(jnp.zeros_like, W), jnp.zeros((), jnp.int32)
+    )
 
 
 def ttt_step(layer: TTTLayer, state: TTTState, x: Float[Array, " d"]) -> tuple[Float[Array, " d"], TTTState]:
     """One token of the online inner loop (see the module doc), all heads at once."""
     opt, static, b = layer.inner.optimizer, layer.inner_model(), layer.inner.chunk
-    k, q = layer.phi(x), layer.psi(x)                                       # (heads, d_h)
+    k, q = layer.phi(x), layer.psi(x)  # (heads, d_h)
     dec, dec_axes = layer.decoders()
     scale = layer.loss_scale
-    w = None if layer.eta is None else layer.eta(x[None]).reshape(layer.heads)   # eta_k(x) per head
+    w = None if layer.eta is None else layer.eta(x[None]).reshape(layer.heads)  # eta_k(x) per head
 
     def head(Wc, s, A, dec, w, k, q):
         G, c, ln = dec
 
         def loss(W):
-            l = token_loss(decode(G, ln, eqx.combine(W, static)(k), c), x)
-            l = l if w is None else w * l
-            return l if scale == 1.0 else scale * l
+            loss_t = token_loss(decode(G, ln, eqx.combine(W, static)(k), c), x)
+            loss_t = loss_t if w is None else w * loss_t
+            return loss_t if scale == 1.0 else scale * loss_t
+
         g = jax.grad(loss)(Wc)
         A = jax.tree.map(jnp.add, A, g)
         u, s_new = opt.update(A, s, Wc)
@@ -109,12 +113,16 @@ def ttt_step(layer: TTTLayer, state: TTTState, x: Float[Array, " d"]) -> tuple[F
         return eqx.combine(Wt, static)(q), Wt, s_new, A
 
     y, Wt, s_new, A = jax.vmap(head, in_axes=(0, 0, 0, dec_axes, None if w is None else 0, 0, 0))(
-        state.W, state.opt, state.A, dec, w, k, q)
+        state.W, state.opt, state.A, dec, w, k, q
+    )
     last = state.p == b - 1
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(last, n, o), new, old)  # noqa: E731
-    new = TTTState(keep(Wt, state.W), keep(s_new, state.opt),
-                   jax.tree.map(lambda a: jnp.where(last, jnp.zeros_like(a), a), A),
-                   jnp.where(last, 0, state.p + 1).astype(jnp.int32))
+    new = TTTState(
+        keep(Wt, state.W),
+        keep(s_new, state.opt),
+        jax.tree.map(lambda a: jnp.where(last, jnp.zeros_like(a), a), A),
+        jnp.where(last, 0, state.p + 1).astype(jnp.int32),
+    )
     return layer.h(y), new
 
 
@@ -139,16 +147,21 @@ def check_causal(mixer: Any) -> None:
     """A mixer an LM may use: one whose output at i reads no token after i."""
     if isinstance(mixer, TTTLayer):
         if mixer.inner.batching != "online" or mixer.nonparametric:
-            raise SpecError(f"CausalLM: a TTT layer with batching={mixer.inner.batching!r} reads future tokens; "
-                            "build it with batching='online' (e.g. layers.mttt_linear(..., batching='online', "
-                            "chunk=16))")
+            raise SpecError(
+                f"CausalLM: a TTT layer with batching={mixer.inner.batching!r} reads future tokens; "
+                "build it with batching='online' (e.g. layers.mttt_linear(..., batching='online', "
+                "chunk=16))"
+            )
     elif isinstance(mixer, Attention):
         if not mixer.causal:
-            raise SpecError("CausalLM: an attention layer with causal=False reads future tokens; build it "
-                            "with causal=True")
+            raise SpecError(
+                "CausalLM: an attention layer with causal=False reads future tokens; build it with causal=True"
+            )
     elif not isinstance(mixer, CausalLinearAttention):
-        raise SpecError(f"CausalLM: unknown mixer {type(mixer).__name__}; use an online TTT layer, "
-                        "causal.causal_linear_attention or a causal layers.Attention")
+        raise SpecError(
+            f"CausalLM: unknown mixer {type(mixer).__name__}; use an online TTT layer, "
+            "causal.causal_linear_attention or a causal layers.Attention"
+        )
 
 
 def mixer_init_state(mixer: Any, max_len: int):
@@ -199,7 +212,7 @@ class LMBlock(eqx.Module):
     def __call__(self, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
         return self.trace(x)[0]
 
-    def trace(self, x: Float[Array, "n d"]) -> tuple[Float[Array, "n d"], Bool[Array, "2"]]:
+    def trace(self, x: Float[Array, "n d"]) -> tuple[Float[Array, "n d"], Bool[Array, 2]]:
         """The block's output and whether the mixer and the MLP residual outputs are all finite."""
         x = x + self.mixer(_layer_norm(self.norm1, x))
         finite_mixer = jnp.all(jnp.isfinite(x))
@@ -223,15 +236,35 @@ class CausalLM(eqx.Module):
     vocab: int = eqx.field(static=True)
     max_len: int = eqx.field(static=True)
 
-    def __init__(self, *, vocab: int, width: int, depth: int, heads: int, mlp_dim: int, max_len: int,
-                 mixer: MixerFactory | Sequence[eqx.Module], prev_token: bool = False, key: PRNGKeyArray):
-        for name, v in (("vocab", vocab), ("width", width), ("depth", depth), ("heads", heads),
-                        ("mlp_dim", mlp_dim), ("max_len", max_len)):
+    def __init__(
+        self,
+        *,
+        vocab: int,
+        width: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        max_len: int,
+        mixer: MixerFactory | Sequence[eqx.Module],
+        prev_token: bool = False,
+        key: PRNGKeyArray,
+    ):
+        for name, v in (
+            ("vocab", vocab),
+            ("width", width),
+            ("depth", depth),
+            ("heads", heads),
+            ("mlp_dim", mlp_dim),
+            ("max_len", max_len),
+        ):
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise SpecError(f"CausalLM: {name} must be a positive int, got {v!r}")
         ke, kp, kq, km, kb = jax.random.split(key, 5)
-        mixers = (list(mixer) if isinstance(mixer, Sequence)
-                  else [mixer(dim=width, heads=heads, key=k) for k in jax.random.split(km, depth)])
+        mixers = (
+            list(mixer)
+            if isinstance(mixer, Sequence)
+            else [mixer(dim=width, heads=heads, key=k) for k in jax.random.split(km, depth)]
+        )
         if len(mixers) != depth:
             raise SpecError(f"CausalLM: got {len(mixers)} mixers for depth={depth}; give one per block")
         for m in mixers:
@@ -239,8 +272,10 @@ class CausalLM(eqx.Module):
         self.embed = jax.random.normal(ke, (vocab, width)) / math.sqrt(width)
         self.prev = jax.random.normal(kq, (vocab, width)) / math.sqrt(width) if prev_token else None
         self.pos = 0.02 * jax.random.normal(kp, (max_len, width))
-        self.blocks = tuple(LMBlock(eqx.nn.LayerNorm(width), m, eqx.nn.LayerNorm(width), Mlp(width, mlp_dim, key=k))
-                            for m, k in zip(mixers, jax.random.split(kb, depth)))
+        self.blocks = tuple(
+            LMBlock(eqx.nn.LayerNorm(width), m, eqx.nn.LayerNorm(width), Mlp(width, mlp_dim, key=k))
+            for m, k in zip(mixers, jax.random.split(kb, depth))
+        )
         self.norm = eqx.nn.LayerNorm(width)
         self.vocab, self.max_len = vocab, max_len
 
@@ -276,15 +311,20 @@ class CausalLM(eqx.Module):
     # ----------------------------------------------------------------- decode form
     def init_state(self) -> LMState:
         """The state before the first token (every layer's state empty, t = 0)."""
-        return LMState(tuple(mixer_init_state(b.mixer, self.max_len) for b in self.blocks),
-                       jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+        return LMState(
+            tuple(mixer_init_state(b.mixer, self.max_len) for b in self.blocks),
+            jnp.zeros((), jnp.int32),
+            jnp.zeros((), jnp.int32),
+        )
 
     def step(self, state: LMState, token: Int[Array, ""]) -> tuple[Float[Array, " vocab"], LMState]:
         """Logits for the next token after `token` (at position state.t), and the new state."""
         self.check_state(state)
-        t = eqx.error_if(state.t, state.t >= self.max_len,
-                         f"CausalLM.step: decoding past max_len={self.max_len} tokens; build the model with "
-                         "a larger max_len")
+        t = eqx.error_if(
+            state.t,
+            state.t >= self.max_len,
+            f"CausalLM.step: decoding past max_len={self.max_len} tokens; build the model with a larger max_len",
+        )
         z = self.embed[token] + self.pos[jnp.minimum(t, self.max_len - 1)]
         if self.prev is not None:
             z = z + jnp.where(t > 0, 1.0, 0.0) * self.prev[state.prev]
@@ -308,31 +348,39 @@ class CausalLM(eqx.Module):
         got_leaves, got_tree = jax.tree_util.tree_flatten(state)
         want_leaves, want_tree = jax.tree_util.tree_flatten(want)
         if got_tree != want_tree:
-            raise ValueError(f"CausalLM.step: the decode state has structure {got_tree}, but this model's is "
-                             f"{want_tree}; create it with model.init_state()")
+            raise ValueError(
+                f"CausalLM.step: the decode state has structure {got_tree}, but this model's is "
+                f"{want_tree}; create it with model.init_state()"
+            )
         paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(want)[0]]
         for path, g, w in zip(paths, got_leaves, want_leaves):
             if jnp.shape(g) != w.shape or jnp.result_type(g) != w.dtype:
-                raise ValueError(f"CausalLM.step: decode state leaf {path} has shape {tuple(jnp.shape(g))} "
-                                 f"{jnp.result_type(g)}, this model needs {tuple(w.shape)} {w.dtype}; create "
-                                 "it with model.init_state() of the same model")
+                raise ValueError(
+                    f"CausalLM.step: decode state leaf {path} has shape {tuple(jnp.shape(g))} "
+                    f"{jnp.result_type(g)}, this model needs {tuple(w.shape)} {w.dtype}; create "
+                    "it with model.init_state() of the same model"
+                )
 
-    def generate(self, prompt: Int[Array, " p"], steps: int, *, key: PRNGKeyArray,
-                 temperature: float = 1.0) -> Int[Array, " steps"]:
+    def generate(
+        self, prompt: Int[Array, " p"], steps: int, *, key: PRNGKeyArray, temperature: float = 1.0
+    ) -> Int[Array, " steps"]:
         """Sample `steps` tokens after `prompt` (temperature 0: greedy)."""
         _check_ids(prompt, self.max_len)
         if prompt.shape[0] + steps > self.max_len:
-            raise ValueError(f"CausalLM.generate: prompt of {prompt.shape[0]} + {steps} steps exceeds "
-                             f"max_len={self.max_len}")
+            raise ValueError(
+                f"CausalLM.generate: prompt of {prompt.shape[0]} + {steps} steps exceeds max_len={self.max_len}"
+            )
         state, logits = jax.lax.scan(lambda s, tok: self.step(s, tok)[::-1], self.init_state(), prompt)
         last = logits[-1]
 
         def sample(carry, k):
             s, lg = carry
-            tok = (jnp.argmax(lg) if temperature == 0 else
-                   jax.random.categorical(k, lg / temperature)).astype(jnp.int32)
+            tok = (jnp.argmax(lg) if temperature == 0 else jax.random.categorical(k, lg / temperature)).astype(
+                jnp.int32
+            )
             lg, s = self.step(s, tok)
             return (s, lg), tok
+
         _, out = jax.lax.scan(sample, (state, last), jax.random.split(key, steps))
         return out
 
@@ -358,20 +406,54 @@ def stage_trees(tree: CausalLM) -> list[Any]:
 
 def _check_ids(ids: Any, max_len: int) -> None:
     if not hasattr(ids, "shape") or jnp.ndim(ids) != 1 or not jnp.issubdtype(jnp.result_type(ids), jnp.integer):
-        raise TypeError(f"CausalLM: expected a 1-d integer array of token ids, got "
-                        f"{getattr(ids, 'dtype', type(ids).__name__)}{list(jnp.shape(ids))}; "
-                        "for a batch use jax.vmap(model)(ids)")
+        raise TypeError(
+            f"CausalLM: expected a 1-d integer array of token ids, got "
+            f"{getattr(ids, 'dtype', type(ids).__name__)}{list(jnp.shape(ids))}; "
+            "for a batch use jax.vmap(model)(ids)"
+        )
     if ids.shape[0] > max_len:
-        raise ValueError(f"CausalLM: sequence of {ids.shape[0]} tokens exceeds max_len={max_len}; build the "
-                         "model with a larger max_len")
+        raise ValueError(
+            f"CausalLM: sequence of {ids.shape[0]} tokens exceeds max_len={max_len}; build the "
+            "model with a larger max_len"
+        )
 
 
-def causal_lm(*, vocab: int, width: int, depth: int, heads: int, mlp_dim: int | None = None, max_len: int,
-              mixer: MixerFactory | Sequence[eqx.Module], prev_token: bool = False, key: PRNGKeyArray) -> CausalLM:
+def causal_lm(
+    *,
+    vocab: int,
+    width: int,
+    depth: int,
+    heads: int,
+    mlp_dim: int | None = None,
+    max_len: int,
+    mixer: MixerFactory | Sequence[eqx.Module],
+    prev_token: bool = False,
+    key: PRNGKeyArray,
+) -> CausalLM:
     """A CausalLM (mlp_dim defaults to 4 * width)."""
-    return CausalLM(vocab=vocab, width=width, depth=depth, heads=heads, mlp_dim=mlp_dim or 4 * width,
-                    max_len=max_len, mixer=mixer, prev_token=prev_token, key=key)
+    return CausalLM(
+        vocab=vocab,
+        width=width,
+        depth=depth,
+        heads=heads,
+        mlp_dim=mlp_dim or 4 * width,
+        max_len=max_len,
+        mixer=mixer,
+        prev_token=prev_token,
+        key=key,
+    )
 
 
-__all__ = ["CausalLM", "LMBlock", "LMState", "TTTState", "KVCache", "causal_lm", "ttt_init_state", "ttt_step",
-           "kv_step", "check_causal", "chunk_start_weights"]
+__all__ = [
+    "CausalLM",
+    "LMBlock",
+    "LMState",
+    "TTTState",
+    "KVCache",
+    "causal_lm",
+    "ttt_init_state",
+    "ttt_step",
+    "kv_step",
+    "check_causal",
+    "chunk_start_weights",
+]

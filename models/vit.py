@@ -11,6 +11,7 @@ layer (a preset of ``ttt_compile.models.layers``, compiled or not, or a user's o
 ``patch=1`` every pixel is a token (n = h*w), the paper's pixel setting; ``posemb`` is ``"learn"``
 (P a parameter) or ``"sincos2d"`` (P fixed, Beyer et al. 2022).
 """
+
 from __future__ import annotations
 
 import math
@@ -55,8 +56,10 @@ def posemb_sincos2d(rows: int, cols: int, width: int, temperature: float = 10_00
 def host_rng(key: PRNGKeyArray) -> np.random.Generator:
     """A numpy generator seeded by a JAX key (its raw bits; no device computation)."""
     if isinstance(key, jax.core.Tracer):
-        raise TypeError("the ViT draws its weights on the host: build it outside jit/vmap/eval_shape "
-                        "(close over a concrete key instead)")
+        raise TypeError(
+            "the ViT draws its weights on the host: build it outside jit/vmap/eval_shape "
+            "(close over a concrete key instead)"
+        )
     bits = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
     return np.random.default_rng(np.asarray(bits).ravel().tolist())
 
@@ -134,7 +137,7 @@ class Block(eqx.Module):
     def __call__(self, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
         return self.trace(x)[0]
 
-    def trace(self, x: Float[Array, "n d"]) -> tuple[Float[Array, "n d"], Bool[Array, "2"]]:
+    def trace(self, x: Float[Array, "n d"]) -> tuple[Float[Array, "n d"], Bool[Array, 2]]:
         """The block's output and whether the attention and the MLP residual outputs are all finite."""
         x = x + self.attn(self.norm1(x)).astype(x.dtype)  # the residual stream keeps the compute dtype
         finite_attn = jnp.all(jnp.isfinite(x))
@@ -142,8 +145,9 @@ class Block(eqx.Module):
         return x, jnp.stack([finite_attn, jnp.all(jnp.isfinite(x))])
 
 
-def _attention_layers(layer: LayerFactory | eqx.Module | Sequence[eqx.Module], *, depth: int, width: int,
-                      heads: int, key: PRNGKeyArray) -> list[eqx.Module]:
+def _attention_layers(
+    layer: LayerFactory | eqx.Module | Sequence[eqx.Module], *, depth: int, width: int, heads: int, key: PRNGKeyArray
+) -> list[eqx.Module]:
     """One attention module per block: a factory is called once per block with its own key, a module
     is copied into every block (same initial values, trained separately), a sequence is used as is."""
     if isinstance(layer, eqx.Module):
@@ -171,10 +175,21 @@ class ViT(eqx.Module):
     grid: tuple[int, int] = eqx.field(static=True)
     posemb: str = eqx.field(static=True)
 
-    def __init__(self, *, image_size: int | tuple[int, int], channels: int, num_classes: int, patch: int,
-                 width: int, depth: int, heads: int, mlp_dim: int,
-                 layer: LayerFactory | eqx.Module | Sequence[eqx.Module], posemb: str = "learn",
-                 key: PRNGKeyArray):
+    def __init__(
+        self,
+        *,
+        image_size: int | tuple[int, int],
+        channels: int,
+        num_classes: int,
+        patch: int,
+        width: int,
+        depth: int,
+        heads: int,
+        mlp_dim: int,
+        layer: LayerFactory | eqx.Module | Sequence[eqx.Module],
+        posemb: str = "learn",
+        key: PRNGKeyArray,
+    ):
         rows, cols = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if rows % patch or cols % patch:
             raise ValueError(f"patch={patch} does not divide the image size {rows}x{cols}")
@@ -186,8 +201,9 @@ class ViT(eqx.Module):
         n = self.grid[0] * self.grid[1]
         rng = host_rng(key)  # the ViT's own weights are drawn on the host: building them compiles nothing
         self.embed = Dense(patch * patch * channels, width, rng=rng)
-        self.pos = (jnp.asarray(rng.standard_normal((n, width)) / math.sqrt(width), jnp.float32)
-                    if posemb == "learn" else None)
+        self.pos = (
+            jnp.asarray(rng.standard_normal((n, width)) / math.sqrt(width), jnp.float32) if posemb == "learn" else None
+        )
         attns = _attention_layers(layer, depth=depth, width=width, heads=heads, key=key)
         self.blocks = tuple(Block(a, width, mlp_dim, rng=rng) for a in attns)
         self.norm = LayerNorm(width)
@@ -271,9 +287,18 @@ def stage_trees(tree: ViT) -> list[Any]:
     return [*stages, (tree.norm, tree.head)]
 
 
-def vit(variant: str, *, image_size: int | tuple[int, int], channels: int, num_classes: int, patch: int,
-        layer: LayerFactory | eqx.Module | Sequence[eqx.Module], posemb: str = "learn", key: PRNGKeyArray,
-        **overrides: int) -> ViT:
+def vit(
+    variant: str,
+    *,
+    image_size: int | tuple[int, int],
+    channels: int,
+    num_classes: int,
+    patch: int,
+    layer: LayerFactory | eqx.Module | Sequence[eqx.Module],
+    posemb: str = "learn",
+    key: PRNGKeyArray,
+    **overrides: int,
+) -> ViT:
     """A ViT preset (``"Ti"``, ``"S"``, ``"B"``; Dosovitskiy et al. 2021) with optional overrides of
     ``width``, ``depth``, ``heads``, ``mlp_dim``."""
     if variant not in PRESETS:
@@ -282,5 +307,13 @@ def vit(variant: str, *, image_size: int | tuple[int, int], channels: int, num_c
     if unknown:
         raise TypeError(f"unknown ViT option(s) {', '.join(sorted(unknown))}")
     dims = {**PRESETS[variant], **{k: v for k, v in overrides.items() if v is not None}}
-    return ViT(image_size=image_size, channels=channels, num_classes=num_classes, patch=patch, layer=layer,
-               posemb=posemb, key=key, **dims)
+    return ViT(
+        image_size=image_size,
+        channels=channels,
+        num_classes=num_classes,
+        patch=patch,
+        layer=layer,
+        posemb=posemb,
+        key=key,
+        **dims,
+    )

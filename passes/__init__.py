@@ -27,13 +27,14 @@ The pass contract (every registered pass keeps it; the generated-program validat
 `register` records a pass; `available()` lists them; `get(name, **options)` returns the function
 with its options bound and type-checked; `DEFAULT` is the default pipeline.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import inspect
 import typing
-from typing import Callable
+from collections.abc import Callable
 
 from jax.extend.core import ClosedJaxpr
 
@@ -49,23 +50,25 @@ class Registered:
     fn: Pass
     doc: str
     assumes: str | None
-    before: tuple[str, ...] = ()       # passes this one must run before (it consumes what they expand)
+    before: tuple[str, ...] = ()  # passes this one must run before (it consumes what they expand)
     why_before: str = ""
 
 
 _REGISTRY: dict[str, Registered] = {}
-_ALIASES: dict[str, tuple[str, str]] = {}      # old name -> (name, why)
+_ALIASES: dict[str, tuple[str, str]] = {}  # old name -> (name, why)
 
 
 def register(name: str, *, assumes: str | None = None, before: tuple[str, ...] = (), why_before: str = ""):
     """Decorator: add a pass to the registry under `name`.  `before` names the passes it must precede
     (they remove what it rewrites: e.g. `lower` turns every ttt_loop into a scan); `why_before` says so."""
+
     def wrap(fn: Pass) -> Pass:
         text = " ".join((fn.__doc__ or "").split())
         doc = text.split(". ")[0].split(": ")[0].rstrip(".") + "." if text else ""
         _REGISTRY[name] = Registered(name, fn, doc, assumes, tuple(before), why_before)
         fn.pass_name = name
         return fn
+
     return wrap
 
 
@@ -95,12 +98,12 @@ def _check_options(name: str, fn: Pass, options: dict) -> None:
     allowed = {p.name: p for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY}
     for key, value in options.items():
         if key not in allowed:
-            raise SpecError(f"pass {name!r} has no option {key!r}; its options are "
-                            f"{', '.join(allowed) or 'none'}")
+            raise SpecError(f"pass {name!r} has no option {key!r}; its options are {', '.join(allowed) or 'none'}")
         hint = hints.get(key)
         if hint is not None and not _matches(value, hint):
-            raise SpecError(f"pass {name!r}: option {key}={value!r} must be {_describe(hint)} "
-                            f"(default {allowed[key].default!r})")
+            raise SpecError(
+                f"pass {name!r}: option {key}={value!r} must be {_describe(hint)} (default {allowed[key].default!r})"
+            )
 
 
 def _matches(value, hint) -> bool:
@@ -147,8 +150,10 @@ def check_order(names: list[str]) -> list[str]:
     for i, name in enumerate(names):
         for earlier in names[:i]:
             if earlier in _REGISTRY and name in _REGISTRY and earlier in _REGISTRY[name].before:
-                warnings.append(f"{name} runs after {earlier} but declares it must run before it: "
-                                f"{_REGISTRY[name].why_before or 'it may find nothing to do'}")
+                warnings.append(
+                    f"{name} runs after {earlier} but declares it must run before it: "
+                    f"{_REGISTRY[name].why_before or 'it may find nothing to do'}"
+                )
     return warnings
 
 
@@ -162,8 +167,7 @@ from .sgd_batch import sgd_batch  # noqa: E402
 from .simplify import simplify  # noqa: E402
 from .unroll import unroll  # noqa: E402
 
-alias("checkpoint", "remat", "renamed to 'remat' (rematerialisation); 'checkpoint' also names training "
-      "checkpoints")
+alias("checkpoint", "remat", "renamed to 'remat' (rematerialisation); 'checkpoint' also names training checkpoints")
 
 #: The best pipeline for any spec: each pass applies only where its rewrite pays off and notes why not.
 #: remat marks loops before anything expands them; dual_form and sgd_batch rewrite online/SGD loops
@@ -171,6 +175,25 @@ alias("checkpoint", "remat", "renamed to 'remat' (rematerialisation); 'checkpoin
 #: clean up after it; lower turns what remains into scans.
 DEFAULT = ("remat", "dual_form", "sgd_batch", "unroll", "fold_zero_init", "simplify", "cse", "dce", "lower")
 
-__all__ = ["DEFAULT", "register", "alias", "available", "canonical", "get", "info", "note", "check_order",
-           "collecting_notes", "Registered", "cse", "dce", "dual_form", "fold_zero_init", "lower", "remat",
-           "sgd_batch", "simplify", "unroll"]
+__all__ = [
+    "DEFAULT",
+    "register",
+    "alias",
+    "available",
+    "canonical",
+    "get",
+    "info",
+    "note",
+    "check_order",
+    "collecting_notes",
+    "Registered",
+    "cse",
+    "dce",
+    "dual_form",
+    "fold_zero_init",
+    "lower",
+    "remat",
+    "sgd_batch",
+    "simplify",
+    "unroll",
+]

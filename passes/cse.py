@@ -1,4 +1,5 @@
 """cse: common-subexpression elimination."""
+
 from __future__ import annotations
 
 from jax.extend.core import ClosedJaxpr
@@ -29,13 +30,13 @@ class _CSE:
             hash(key)
         except TypeError:
             return default_rule(interp, eqn, invals)
-        seen = self.seen.setdefault(interp, {})     # per trace: a region's rewrite is another trace
+        seen = self.seen.setdefault(interp, {})  # per trace: a region's rewrite is another trace
         if key in seen:
             self.hits += 1
             return seen[key]
         outs = default_rule(interp, eqn, invals)
         seen[key] = outs
-        interp._alive.extend(invals)           # keep operand ids stable while the key lives
+        interp._alive.extend(invals)  # keep operand ids stable while the key lives
         return outs
 
 

@@ -1,7 +1,9 @@
 """dce: remove equations whose results nothing uses."""
+
 from jax.extend.core import ClosedJaxpr
 
-from ttt_compile.ir.jaxpr_utils import count_eqns, dce as _dce
+from ttt_compile.ir.jaxpr_utils import count_eqns
+from ttt_compile.ir.jaxpr_utils import dce as _dce
 
 from . import note, register
 

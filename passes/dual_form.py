@@ -39,6 +39,7 @@ carry itself and there is nothing to save).
 
 Exact in real arithmetic; sums are reassociated, so results agree to float rounding.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -78,7 +79,7 @@ class Outer:
         if self.eqn is not None:
             return lax.dot_general_p.bind(*self.invals, **self.eqn.params)
         L = _letters(self.nb + 2)
-        B, a, c = L[:self.nb], L[self.nb], L[self.nb + 1]
+        B, a, c = L[: self.nb], L[self.nb], L[self.nb + 1]
         return jnp.einsum(f"{B}{a},{B}{c}->{B}{a}{c}", self.e, self.k)
 
 
@@ -110,12 +111,12 @@ class Cum:
             out = out * jnp.asarray(f, self.dtype)
         return out
 
-    def replace(self, **kw) -> "Cum":
+    def replace(self, **kw) -> Cum:
         return dataclasses.replace(self, **kw)
 
     def materialize(self):
         L = _letters(self.nb + 2)
-        B, a, c = L[:self.nb], L[self.nb], L[self.nb + 1]
+        B, a, c = L[: self.nb], L[self.nb], L[self.nb + 1]
         outer = jnp.einsum(f"{B}{a},{B}{c}->{B}{a}{c}", self.e, self.k)
         out = self.s() * jnp.cumsum(outer, axis=self.t)
         return (out if self.base is None else self.base + out).astype(self.dtype)
@@ -136,8 +137,8 @@ def dual_query(cum: Cum, q, contract: str):
     nb, t = cum.nb, cum.t
     L = _letters(nb + 4)
     B, i, j, v, f = L[:nb], L[nb], L[nb + 1], L[nb + 2], L[nb + 3]
-    Bi, Bj, Bt = B[:t] + i + B[t + 1:], B[:t] + j + B[t + 1:], B[:t] + B[t + 1:]
-    scores = jnp.einsum(f"{Bi}{v},{Bj}{v}->{Bt}{i}{j}", q, k)          # (k_j . q_i)
+    Bi, Bj, Bt = B[:t] + i + B[t + 1 :], B[:t] + j + B[t + 1 :], B[:t] + B[t + 1 :]
+    scores = jnp.einsum(f"{Bi}{v},{Bj}{v}->{Bt}{i}{j}", q, k)  # (k_j . q_i)
     n = cum.length
     scores = jnp.where(jnp.tril(jnp.ones((n, n), bool)), scores, jnp.zeros((), scores.dtype))
     out = cum.s() * jnp.einsum(f"{Bt}{i}{j},{Bj}{f}->{Bi}{f}", scores, e)
@@ -153,7 +154,7 @@ def dual_token(cum: Cum, p: int):
     nb, t = cum.nb, cum.t
     L = _letters(nb + 2)
     B, a, c = L[:nb], L[nb], L[nb + 1]
-    Bt = B[:t] + B[t + 1:]
+    Bt = B[:t] + B[t + 1 :]
     e = lax.slice_in_dim(cum.e, 0, p + 1, axis=t)
     k = lax.slice_in_dim(cum.k, 0, p + 1, axis=t)
     out = jnp.expand_dims(cum.s() * jnp.einsum(f"{B}{a},{B}{c}->{Bt}{a}{c}", e, k), t)
@@ -166,9 +167,9 @@ class _Body:
 
     def __init__(self):
         self.consumer = "?"
-        self.forced: list[str] = []          # primitives that needed a materialised W_i
-        self.rewritten: list[tuple] = []     # (b, d_out, d_in) of each dual-form product
-        self.lengths: list[int] = []         # chunk length b of every W_i found
+        self.forced: list[str] = []  # primitives that needed a materialised W_i
+        self.rewritten: list[tuple] = []  # (b, d_out, d_in) of each dual-form product
+        self.lengths: list[int] = []  # chunk length b of every W_i found
 
     # ----- values
     def instantiate(self, v, aval):
@@ -219,12 +220,11 @@ class _Body:
             return None
         cc, qc, cb, qb = (lc, rc, lb, rb) if cum_is_lhs else (rc, lc, rb, lb)
         nb = cum.nb
-        if (len(cc) != 1 or cc[0] not in (nb, nb + 1) or sorted(cb) != list(range(nb))
-                or jnp.ndim(q) != nb + 1):
+        if len(cc) != 1 or cc[0] not in (nb, nb + 1) or sorted(cb) != list(range(nb)) or jnp.ndim(q) != nb + 1:
             return None
-        pair = dict(zip(cb, qb))                                  # cum batch axis -> q axis
+        pair = dict(zip(cb, qb))  # cum batch axis -> q axis
         q_can = jnp.transpose(q, (*[pair[d] for d in range(nb)], qc[0]))
-        out = dual_query(cum, q_can, "c" if cc[0] == nb + 1 else "a")       # (B..., free)
+        out = dual_query(cum, q_can, "c" if cc[0] == nb + 1 else "a")  # (B..., free)
         self.rewritten.append((cum.length, cum.e.shape[-1], cum.k.shape[-1]))
         # dot_general's output: batch axes in the listed order, then the free axis
         return jnp.transpose(out, (*cb, nb)).astype(eqn.outvars[0].aval.dtype)
@@ -255,9 +255,13 @@ class _Body:
         a, b = invals
         shape = eqn.outvars[0].aval.shape
         for cum, w, cum_sign, w_sign in ((b, a, sign, 1.0), (a, b, 1.0, sign)):
-            if (isinstance(cum, Cum) and cum.base is None and not _symbolic(w)
-                    and _constant_along(jnp.shape(w), shape, cum.t)):
-                w = jnp.broadcast_to(w, (*shape[:cum.t], 1, *shape[cum.t + 1:]))
+            if (
+                isinstance(cum, Cum)
+                and cum.base is None
+                and not _symbolic(w)
+                and _constant_along(jnp.shape(w), shape, cum.t)
+            ):
+                w = jnp.broadcast_to(w, (*shape[: cum.t], 1, *shape[cum.t + 1 :]))
                 w = w if w_sign == 1.0 else -w
                 scale = cum.scale if cum_sign == 1.0 else (*cum.scale, -1.0)
                 return [cum.replace(base=w.astype(cum.dtype), scale=scale)]
@@ -294,10 +298,18 @@ class _Body:
         return self.fallback(interp, eqn, invals)
 
     def rules(self) -> dict:
-        out = {lax.dot_general_p: self.dot_general, lax.mul_p: self.mul, lax.neg_p: self.neg,
-               lax.add_p: self.add, add_any_p: self.add, lax.sub_p: self.sub, lax.slice_p: self.slice,
-               lax.transpose_p: self.transpose,
-               primitives.jit_p: self.inline, primitives.closed_call_p: self.inline}
+        out = {
+            lax.dot_general_p: self.dot_general,
+            lax.mul_p: self.mul,
+            lax.neg_p: self.neg,
+            lax.add_p: self.add,
+            add_any_p: self.add,
+            lax.sub_p: self.sub,
+            lax.slice_p: self.slice,
+            lax.transpose_p: self.transpose,
+            primitives.jit_p: self.inline,
+            primitives.closed_call_p: self.inline,
+        }
         if _cumsum_p is not None:
             out[_cumsum_p] = self.cumsum
         return out
@@ -321,23 +333,27 @@ def rewrite_body(body: ClosedJaxpr, min_chunk: int = 2) -> tuple[ClosedJaxpr | N
     rules = _Body()
     new = rewrite(body, rules.rules(), rules.instantiate, rules.default)
     if rules.lengths and max(rules.lengths) < min_chunk:
-        return None, (f"chunk b={max(rules.lengths)} < min_chunk={min_chunk}: W_i is the carry itself, "
-                      "nothing to save")
+        return None, (f"chunk b={max(rules.lengths)} < min_chunk={min_chunk}: W_i is the carry itself, nothing to save")
     if rules.forced:
         uses = ", ".join(sorted(set(rules.forced)))
-        return None, (f"the per-token weights W_i = W + s cumsum(e_j k_j^T) are read by `{uses}`; only "
-                      "products W_i q_i and the last token's W_b have a dual form (e.g. an optimizer "
-                      "with state such as momentum, or a learner using W other than in W z)")
+        return None, (
+            f"the per-token weights W_i = W + s cumsum(e_j k_j^T) are read by `{uses}`; only "
+            "products W_i q_i and the last token's W_b have a dual form (e.g. an optimizer "
+            "with state such as momentum, or a learner using W other than in W z)"
+        )
     if not rules.rewritten:
-        return None, ("no per-token weights W_i = W + s cumsum(e_j k_j^T) read through a product W_i q_i "
-                      "(the learner's gradient is not an outer product of per-token vectors, or the "
-                      "update is not a scalar multiple of the summed gradients)")
+        return None, (
+            "no per-token weights W_i = W + s cumsum(e_j k_j^T) read through a product W_i q_i "
+            "(the learner's gradient is not an outer product of per-token vectors, or the "
+            "update is not a scalar multiple of the summed gradients)"
+        )
     b = max(r[0] for r in rules.rewritten)
     return new, ", ".join(f"W {a}x{c}" for _, a, c in rules.rewritten) + f" (b={b})"
 
 
-@register("dual_form", before=("lower", "unroll"),
-          why_before="unroll/lower expand the online loop first", assumes=ASSUMES)
+@register(
+    "dual_form", before=("lower", "unroll"), why_before="unroll/lower expand the online loop first", assumes=ASSUMES
+)
 def dual_form(closed: ClosedJaxpr, *, min_chunk: int = 2) -> ClosedJaxpr:
     """Compute each online ttt_loop chunk in dual form: token outputs W q_i + s tril(Q K^T) E and the
     next weights W + s E^T K, instead of materialising b per-token weight matrices (plain-GD learners
@@ -351,8 +367,10 @@ def dual_form(closed: ClosedJaxpr, *, min_chunk: int = 2) -> ClosedJaxpr:
             note(f"did not apply to a {li.schedule} loop because the dual form is for batching='online'")
             return rewrite_region(interp, eqn, invals)
         if li.role not in ("inner", "forward") or li.reverse:
-            note(f"did not apply to the {li.role} loop of an online loop: the dual form is for the loop "
-                 "that computes the fast weights")
+            note(
+                f"did not apply to the {li.role} loop of an online loop: the dual form is for the loop "
+                "that computes the fast weights"
+            )
             return rewrite_region(interp, eqn, invals)
         new, why = rewrite_body(li.body, min_chunk)
         if new is None:

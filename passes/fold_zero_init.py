@@ -1,4 +1,5 @@
 """fold_zero_init: propagate the known-zero W0 of init="zero" loops and delete the work it makes dead."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -8,8 +9,8 @@ from jax import lax
 from jax.extend.core import ClosedJaxpr
 
 from ttt_compile.ir.interpreter import describe_loop, rewrite, rewrite_region
-from ttt_compile.ir.notes import inside
 from ttt_compile.ir.jaxpr_utils import add_any_p, constant, primitive_named
+from ttt_compile.ir.notes import inside
 from ttt_compile.ir.primitive import info, ttt_loop_p
 
 from . import note, register
@@ -20,6 +21,7 @@ ASSUMES = "finite values (0*x = 0 and dot(0, x) = 0 only hold for finite x; 0/x 
 @dataclasses.dataclass(frozen=True)
 class Zero:
     """A value known to be all zeros, with its aval (never materialised unless needed)."""
+
     aval: object
 
 
@@ -97,36 +99,58 @@ class _Folder:
         li = info(eqn.params)
         consts, carry, xs = li.split(invals)
         if li.init == "zero":
-            carry = [Zero(v.aval) for v in eqn.invars[li.num_consts:li.num_consts + li.num_weights]] \
-                + carry[li.num_weights:]
-        if not any(_is_zero(c) for c in carry) or li.reverse:     # (a reverse loop starts at xs[T-1])
+            carry = [Zero(v.aval) for v in eqn.invars[li.num_consts : li.num_consts + li.num_weights]] + carry[
+                li.num_weights :
+            ]
+        if not any(_is_zero(c) for c in carry) or li.reverse:  # (a reverse loop starts at xs[T-1])
             return rewrite_region(interp, eqn, invals)
         self.folded += 1
         where = describe_loop(eqn.params)
-        note(f"{where}: first step run with its zero carry (W0 = 0) and folded"
-             + ("" if li.steps == 1 else f"; the loop continues for {li.steps - 1} steps"))
+        note(
+            f"{where}: first step run with its zero carry (W0 = 0) and folded"
+            + ("" if li.steps == 1 else f"; the loop continues for {li.steps - 1} steps")
+        )
         # symbolic zeros among consts/xs fold in the peeled step; the tail loop binds arrays
-        xs = [_instantiate(x, v.aval) for x, v in zip(xs, eqn.invars[li.num_consts + li.num_carry:])]
+        xs = [_instantiate(x, v.aval) for x, v in zip(xs, eqn.invars[li.num_consts + li.num_carry :])]
         x0 = [lax.index_in_dim(x, 0, 0, keepdims=False) for x in xs]
         with inside(where):
             out = interp.eval_closed(li.body, [*consts, *carry, *x0])
-        carry1, y0 = out[:li.num_carry], out[li.num_carry:]
-        y0 = [_instantiate(y, a) for y, a in zip(y0, li.body.out_avals[li.num_carry:])]
+        carry1, y0 = out[: li.num_carry], out[li.num_carry :]
+        y0 = [_instantiate(y, a) for y, a in zip(y0, li.body.out_avals[li.num_carry :])]
         if li.steps == 1:
             return [*carry1, *[y[None] for y in y0]]
-        with inside(where):           # the rest of the loop: zeros inside its body fold too
+        with inside(where):  # the rest of the loop: zeros inside its body fold too
             body = interp.rewrite(li.body)
         params = {**eqn.params, "steps": li.steps - 1, "init": "learned", "body": body}
         carry1 = [_instantiate(c, a) for c, a in zip(carry1, li.body.out_avals)]
-        consts = [_instantiate(c, v.aval) for c, v in zip(consts, eqn.invars[:li.num_consts])]
+        consts = [_instantiate(c, v.aval) for c, v in zip(consts, eqn.invars[: li.num_consts])]
         tail = ttt_loop_p.bind(*consts, *carry1, *[x[1:] for x in xs], **params)
-        carry_t, ys = tail[:li.num_carry], tail[li.num_carry:]
+        carry_t, ys = tail[: li.num_carry], tail[li.num_carry :]
         return [*carry_t, *[jnp.concatenate([y[None], r]) for y, r in zip(y0, ys)]]
 
 
-_ZERO_PRESERVING = ("neg", "reduce_sum", "transpose", "reshape", "squeeze", "expand_dims",
-                    "convert_element_type", "copy", "copy_p", "reduce_precision", "slice", "rev",
-                    "cumsum", "sin", "tanh", "abs", "sign", "real", "imag", "sqrt")
+_ZERO_PRESERVING = (
+    "neg",
+    "reduce_sum",
+    "transpose",
+    "reshape",
+    "squeeze",
+    "expand_dims",
+    "convert_element_type",
+    "copy",
+    "copy_p",
+    "reduce_precision",
+    "slice",
+    "rev",
+    "cumsum",
+    "sin",
+    "tanh",
+    "abs",
+    "sign",
+    "real",
+    "imag",
+    "sqrt",
+)
 
 
 def _rules(folder: _Folder) -> dict:
@@ -135,16 +159,23 @@ def _rules(folder: _Folder) -> dict:
         prim = primitive_named(name)
         if prim is not None:
             by_name[prim] = lambda i, e, v: folder.all_zero(i, e, v, which=[0])
-    by_name.update({
-        lax.mul_p: folder.any_zero, lax.dot_general_p: folder.any_zero,
-        lax.div_p: lambda i, e, v: folder.all_zero(i, e, v, which=[0]),
-        lax.dynamic_slice_p: lambda i, e, v: folder.all_zero(i, e, v, which=[0]),
-        lax.concatenate_p: folder.all_zero, lax.pad_p: folder.all_zero,
-        lax.select_n_p: lambda i, e, v: folder.all_zero(i, e, v, which=list(range(1, len(v)))),
-        lax.add_p: folder.add, add_any_p: folder.add, lax.sub_p: folder.sub,
-        lax.broadcast_in_dim_p: folder.broadcast_in_dim, lax.integer_pow_p: folder.integer_pow,
-        ttt_loop_p: folder.loop,
-    })
+    by_name.update(
+        {
+            lax.mul_p: folder.any_zero,
+            lax.dot_general_p: folder.any_zero,
+            lax.div_p: lambda i, e, v: folder.all_zero(i, e, v, which=[0]),
+            lax.dynamic_slice_p: lambda i, e, v: folder.all_zero(i, e, v, which=[0]),
+            lax.concatenate_p: folder.all_zero,
+            lax.pad_p: folder.all_zero,
+            lax.select_n_p: lambda i, e, v: folder.all_zero(i, e, v, which=list(range(1, len(v)))),
+            lax.add_p: folder.add,
+            add_any_p: folder.add,
+            lax.sub_p: folder.sub,
+            lax.broadcast_in_dim_p: folder.broadcast_in_dim,
+            lax.integer_pow_p: folder.integer_pow,
+            ttt_loop_p: folder.loop,
+        }
+    )
     return by_name
 
 
@@ -157,14 +188,20 @@ def _exact_for_integers(prim) -> bool:
 def _gated(rules: dict) -> dict:
     """Each rule fires only where its algebra holds for the equation's dtypes, else the default rule
     (symbolic zeros instantiated, the equation re-bound unchanged)."""
+
     def gate(rule, prim):
         def gated(interp, eqn, invals):
-            inexact = all(jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in (*eqn.invars, *eqn.outvars)
-                          if hasattr(v.aval, "dtype"))
+            inexact = all(
+                jnp.issubdtype(v.aval.dtype, jnp.inexact)
+                for v in (*eqn.invars, *eqn.outvars)
+                if hasattr(v.aval, "dtype")
+            )
             if inexact or prim is ttt_loop_p or _exact_for_integers(prim):
                 return rule(interp, eqn, invals)
             return interp.bind(eqn, invals)
+
         return gated
+
     return {prim: gate(rule, prim) for prim, rule in rules.items()}
 
 

@@ -1,4 +1,5 @@
 """lower: replace every remaining ttt_loop by core primitives (lax.scan)."""
+
 from jax.extend.core import ClosedJaxpr
 
 from ttt_compile.ir import expand_loop as loops

@@ -25,15 +25,15 @@ is "sqrt") are one candidate.  The choice per loop of T > 1 steps:
 
 Exact: changes memory and time, not values.
 """
+
 from __future__ import annotations
 
 import dataclasses
 from typing import Literal
 
+import jax
 import numpy as np
 from jax.extend.core import ClosedJaxpr
-
-import jax
 
 from ttt_compile.cost import stored_bytes, train_temp_bytes
 from ttt_compile.ir.expand_loop import factors, remat_prediction
@@ -53,7 +53,7 @@ _NO_FIT = "no scheme fits"
 
 
 def _carry_bytes(eqn, li) -> int:
-    avals = [v.aval for v in eqn.invars[li.num_consts:li.num_consts + li.num_carry]]
+    avals = [v.aval for v in eqn.invars[li.num_consts : li.num_consts + li.num_carry]]
     return int(sum(np.prod(a.shape) * a.dtype.itemsize for a in avals))
 
 
@@ -83,7 +83,8 @@ def _loops(closed: ClosedJaxpr) -> list:
 
     def rule(interp, eqn, invals):
         found.append((eqn, _WHERE.get()))
-        return rewrite_region(interp, eqn, invals)      # loops nested in its body too
+        return rewrite_region(interp, eqn, invals)  # loops nested in its body too
+
     rewrite(closed, {ttt_loop_p: rule})
     return found
 
@@ -99,10 +100,12 @@ def _note_at(where: tuple[str, ...], message: str) -> None:
 
 def _mark(closed: ClosedJaxpr, choice: dict[int, str | None]) -> ClosedJaxpr:
     """`closed` with loop equation e (by id) marked remat=choice[id(e)]; other loops unchanged."""
-    def rule(interp, eqn, invals):          # nested loops are marked inside the rewritten bodies: schemes compose
+
+    def rule(interp, eqn, invals):  # nested loops are marked inside the rewritten bodies: schemes compose
         if id(eqn) in choice:
             return rewrite_region(interp, eqn, invals, remat=choice[id(eqn)])
         return rewrite_region(interp, eqn, invals)
+
     return rewrite(closed, {ttt_loop_p: rule})
 
 
@@ -130,10 +133,18 @@ def _what(li) -> str:
     return li.schedule if li.role == "inner" else f"{li.role} {li.schedule}"
 
 
-@register("remat", before=("lower", "unroll", "sgd_batch"),
-          why_before="unroll/sgd_batch/lower expand the loops whose storage remat chooses")
-def remat(closed: ClosedJaxpr, *, scheme: Literal["step", "sqrt", "log"] | None = None,
-          budget: int | None = None, factor: float = 2.0) -> ClosedJaxpr:
+@register(
+    "remat",
+    before=("lower", "unroll", "sgd_batch"),
+    why_before="unroll/sgd_batch/lower expand the loops whose storage remat chooses",
+)
+def remat(
+    closed: ClosedJaxpr,
+    *,
+    scheme: Literal["step", "sqrt", "log"] | None = None,
+    budget: int | None = None,
+    factor: float = 2.0,
+) -> ClosedJaxpr:
     """Choose per inner loop how the outer backward pass stores it: with `budget` (bytes of compiled
     training-step temp memory) the least-recompute scheme that fits; without, rematerialise a
     full-batch loop only when it stores more than `factor` times the T = 1 program; `scheme` forces
@@ -141,8 +152,10 @@ def remat(closed: ClosedJaxpr, *, scheme: Literal["step", "sqrt", "log"] | None 
     if scheme not in REMAT_SCHEMES:
         raise SpecError(f"remat: scheme must be one of {REMAT_SCHEMES[1:]}, got {scheme!r}")
     if budget is not None and (scheme is not None or budget <= 0):
-        raise SpecError("remat: budget must be a positive number of bytes and is not combined with scheme "
-                        f"(got budget={budget!r}, scheme={scheme!r}); give one of them")
+        raise SpecError(
+            "remat: budget must be a positive number of bytes and is not combined with scheme "
+            f"(got budget={budget!r}, scheme={scheme!r}); give one of them"
+        )
     if factor < 1:
         raise SpecError(f"remat: factor must be >= 1 (a memory ratio), got {factor!r}")
     loops, nested = [], []
@@ -161,16 +174,22 @@ def remat(closed: ClosedJaxpr, *, scheme: Literal["step", "sqrt", "log"] | None 
         marks = {}
         for eqn, li, where in nested:
             s = {"full": "step", "online": "sqrt"}.get(li.schedule)
-            _note_at(where, f"{_what(li)} loop, T={li.steps}, scheme {_name(s)} (nested: by its kind)"
-                     + (": " + remat_prediction(dataclasses.replace(li, remat=s), _carry_bytes(eqn, li)) if s else ""))
+            _note_at(
+                where,
+                f"{_what(li)} loop, T={li.steps}, scheme {_name(s)} (nested: by its kind)"
+                + (": " + remat_prediction(dataclasses.replace(li, remat=s), _carry_bytes(eqn, li)) if s else ""),
+            )
             if s is not None:
                 marks[id(eqn)] = s
         closed = _mark(closed, marks) if marks else closed
         loops = [(e, info(e.params)) for e, where in _loops(closed) if not where and info(e.params).steps > 1]
     if scheme is not None:
         for eqn, li, where in nested:
-            _note_at(where, f"{_what(li)} loop, T={li.steps}, scheme {scheme} (forced): "
-                     + remat_prediction(dataclasses.replace(li, remat=scheme), _carry_bytes(eqn, li)))
+            _note_at(
+                where,
+                f"{_what(li)} loop, T={li.steps}, scheme {scheme} (forced): "
+                + remat_prediction(dataclasses.replace(li, remat=scheme), _carry_bytes(eqn, li)),
+            )
         closed = _mark(closed, {id(e): scheme for e, _, _ in nested}) if nested else closed
         loops = [(e, info(e.params)) for e, where in _loops(closed) if not where and info(e.params).steps > 1]
     if not loops:
@@ -179,8 +198,10 @@ def remat(closed: ClosedJaxpr, *, scheme: Literal["step", "sqrt", "log"] | None 
         return closed
     if scheme is not None:
         for eqn, li in loops:
-            note(f"{li.schedule} loop, T={li.steps}, scheme {scheme} (forced): "
-                 + remat_prediction(dataclasses.replace(li, remat=scheme), _carry_bytes(eqn, li)))
+            note(
+                f"{li.schedule} loop, T={li.steps}, scheme {scheme} (forced): "
+                + remat_prediction(dataclasses.replace(li, remat=scheme), _carry_bytes(eqn, li))
+            )
         return _mark(closed, {id(e): scheme for e, _ in loops})
 
     if budget is None:
@@ -188,10 +209,14 @@ def remat(closed: ClosedJaxpr, *, scheme: Literal["step", "sqrt", "log"] | None 
     try:
         mem = {id(e): m for (e, _), m in zip(loops, _candidate_memory(closed, loops))}
     except Exception as e:  # noqa: BLE001 - XLA could not compile a measurement: say why
-        raise SpecError(f"remat: budget={budget:,} bytes cannot be applied: measuring the training step "
-                        f"failed ({type(e).__name__}: {str(e)[:200]})") from e
-    order = {id(e): sorted(mem[id(e)], key=lambda s, e=e, li=li: (extra_forwards(li.steps, s), mem[id(e)][s]))
-             for e, li in loops}
+        raise SpecError(
+            f"remat: budget={budget:,} bytes cannot be applied: measuring the training step "
+            f"failed ({type(e).__name__}: {str(e)[:200]})"
+        ) from e
+    order = {
+        id(e): sorted(mem[id(e)], key=lambda s, e=e, li=li: (extra_forwards(li.steps, s), mem[id(e)][s]))
+        for e, li in loops
+    }
 
     def first_within(e, limit):
         return next((s for s in order[id(e)] if mem[id(e)][s] <= limit), _NO_FIT)
@@ -201,27 +226,39 @@ def remat(closed: ClosedJaxpr, *, scheme: Literal["step", "sqrt", "log"] | None 
         least = min(mem[id(eqn)].values())
         choice[id(eqn)] = first_within(eqn, budget)
         if choice[id(eqn)] is _NO_FIT:
-            raise SpecError(f"remat: budget={budget:,} bytes is below the least training-step temp memory any "
-                            f"scheme reaches for the {li.schedule} loop of T={li.steps} steps ({least:,} bytes, "
-                            f"measured: {_measured(mem[id(eqn)])}); raise remat_budget or make the program smaller")
+            raise SpecError(
+                f"remat: budget={budget:,} bytes is below the least training-step temp memory any "
+                f"scheme reaches for the {li.schedule} loop of T={li.steps} steps ({least:,} bytes, "
+                f"measured: {_measured(mem[id(eqn)])}); raise remat_budget or make the program smaller"
+            )
     combined = None
     if len(loops) > 1:
         combined = _memory(_mark(closed, choice))
         while combined > budget:
-            moves = [(mem[id(e)][choice[id(e)]] - mem[id(e)][s], id(e), s) for e, _ in loops
-                     for s in [s for s in order[id(e)][order[id(e)].index(choice[id(e)]) + 1:]
-                               if mem[id(e)][s] < mem[id(e)][choice[id(e)]]][:1]]
+            moves = [
+                (mem[id(e)][choice[id(e)]] - mem[id(e)][s], id(e), s)
+                for e, _ in loops
+                for s in [
+                    s
+                    for s in order[id(e)][order[id(e)].index(choice[id(e)]) + 1 :]
+                    if mem[id(e)][s] < mem[id(e)][choice[id(e)]]
+                ][:1]
+            ]
             if not moves:
-                raise SpecError(f"remat: budget={budget:,} bytes: the {len(loops)} loops together need "
-                                f"{combined:,} bytes with their least-memory schemes; raise remat_budget")
+                raise SpecError(
+                    f"remat: budget={budget:,} bytes: the {len(loops)} loops together need "
+                    f"{combined:,} bytes with their least-memory schemes; raise remat_budget"
+                )
             _, key, s = max(moves)
             choice[key] = s
             combined = _memory(_mark(closed, choice))
     for eqn, li in loops:
         s = choice[id(eqn)]
-        note(f"{li.schedule} loop, T={li.steps}: chose {_name(s)} ({extra_forwards(li.steps, s)} extra forward(s), "
-             f"the least recompute within budget {_mib(budget)}); compiled train temp memory: {_measured(mem[id(eqn)])}"
-             + (f"; all loops together {_mib(combined)}" if combined is not None else ""))
+        note(
+            f"{li.schedule} loop, T={li.steps}: chose {_name(s)} ({extra_forwards(li.steps, s)} extra forward(s), "
+            f"the least recompute within budget {_mib(budget)}); compiled train temp memory: {_measured(mem[id(eqn)])}"
+            + (f"; all loops together {_mib(combined)}" if combined is not None else "")
+        )
     if all(s is None for s in choice.values()):
         return closed
     return _mark(closed, choice)
@@ -249,7 +286,8 @@ def _loop_program(eqn, steps: int) -> ClosedJaxpr:
     avals = [a if i < k else a.update(shape=(steps, *a.shape[1:])) for i, a in enumerate(avals)]
     params = {**eqn.params, "steps": steps, "remat": None}
     return jax.make_jaxpr(lambda *a: ttt_loop_p.bind(*a, **params))(
-        *[jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals])
+        *[jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals]
+    )
 
 
 def _stored(closed: ClosedJaxpr) -> int:
@@ -270,29 +308,37 @@ def _by_default(closed: ClosedJaxpr, loops, factor: float) -> ClosedJaxpr:
     whole = None
     for eqn, li in loops:
         if li.schedule == "sgd":
-            note(f"left an sgd loop of {li.steps} steps alone: each step sees n/T tokens, so storing all "
-                 "steps costs what the T = 1 program's one step costs (give remat a budget to measure it)")
+            note(
+                f"left an sgd loop of {li.steps} steps alone: each step sees n/T tokens, so storing all "
+                "steps costs what the T = 1 program's one step costs (give remat a budget to measure it)"
+            )
             continue
         if li.schedule != "full":
             choice[id(eqn)] = "sqrt"
-            note(f"{li.schedule} loop, T={li.steps}, scheme sqrt: "
-                 + remat_prediction(dataclasses.replace(li, remat="sqrt"), _carry_bytes(eqn, li)))
+            note(
+                f"{li.schedule} loop, T={li.steps}, scheme sqrt: "
+                + remat_prediction(dataclasses.replace(li, remat="sqrt"), _carry_bytes(eqn, li))
+            )
             continue
         try:
             whole = _stored(closed) if whole is None else whole
             one = whole - _stored(_loop_program(eqn, li.steps)) + _stored(_loop_program(eqn, 1))
         except Exception as e:  # noqa: BLE001 - e.g. a while_loop has no reverse mode: decline, say why
-            note(f"left a full loop of {li.steps} steps alone: counting what its backward pass stores failed "
-                 f"({type(e).__name__}: {str(e)[:200]})")
+            note(
+                f"left a full loop of {li.steps} steps alone: counting what its backward pass stores failed "
+                f"({type(e).__name__}: {str(e)[:200]})"
+            )
             continue
         ratio = whole / max(one, 1)
         s = "step" if ratio > factor else None
         if s is not None:
             choice[id(eqn)] = s
-        note(f"full loop, T={li.steps}, {'scheme step' if s else 'not rematerialised'}: the backward "
-             f"pass stores {_mib(whole)} un-rematerialised, {ratio:.2f}x the T = 1 program's {_mib(one)} "
-             f"({'>' if s else '<='} factor {factor:g}); "
-             + remat_prediction(dataclasses.replace(li, remat=s), _carry_bytes(eqn, li)))
+        note(
+            f"full loop, T={li.steps}, {'scheme step' if s else 'not rematerialised'}: the backward "
+            f"pass stores {_mib(whole)} un-rematerialised, {ratio:.2f}x the T = 1 program's {_mib(one)} "
+            f"({'>' if s else '<='} factor {factor:g}); "
+            + remat_prediction(dataclasses.replace(li, remat=s), _carry_bytes(eqn, li))
+        )
     return _mark(closed, choice) if choice else closed
 
 

@@ -13,6 +13,7 @@ broadcast(transpose(y)); a dot_general whose operand is a broadcast over exactly
 contracts y itself (no materialised copy per batch entry: the shape vmap-over-heads leaves when all
 heads read the same tokens).  Exact up to the rounding of folded scalar constants.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -72,16 +73,30 @@ def _scalar_const(v):
     return c.item() if c is not None and c.ndim == 0 else None
 
 
-_LINEAR_UNARY = ("transpose", "reshape", "squeeze", "expand_dims", "broadcast_in_dim", "reduce_sum", "slice",
-                 "rev", "copy", "copy_p", "cumsum", "convert_element_type", "dynamic_slice")
+_LINEAR_UNARY = (
+    "transpose",
+    "reshape",
+    "squeeze",
+    "expand_dims",
+    "broadcast_in_dim",
+    "reduce_sum",
+    "slice",
+    "rev",
+    "copy",
+    "copy_p",
+    "cumsum",
+    "convert_element_type",
+    "dynamic_slice",
+)
 
 
 def _inexact(eqn) -> bool:
     """Whether every operand and result of `eqn` has an inexact (float/complex) dtype: the scalar
     algebra below (c * x carried through linear ops) is real-number algebra, wrong for integers
     (truncating division, casts) and meaningless for booleans."""
-    return all(jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in (*eqn.invars, *eqn.outvars)
-               if hasattr(v.aval, "dtype"))
+    return all(
+        jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in (*eqn.invars, *eqn.outvars) if hasattr(v.aval, "dtype")
+    )
 
 
 class _Simplifier:
@@ -96,9 +111,18 @@ class _Simplifier:
     def linear_unary(self, interp, eqn, invals):
         """op(c x) = c op(x) for ops linear in their first operand; op(Splat) = Splat when shape-only."""
         x, rest = invals[0], invals[1:]
-        if isinstance(x, Splat) and eqn.primitive.name in ("transpose", "reshape", "squeeze", "expand_dims",
-                                                          "broadcast_in_dim", "convert_element_type", "copy",
-                                                          "rev", "slice", "dynamic_slice"):
+        if isinstance(x, Splat) and eqn.primitive.name in (
+            "transpose",
+            "reshape",
+            "squeeze",
+            "expand_dims",
+            "broadcast_in_dim",
+            "convert_element_type",
+            "copy",
+            "rev",
+            "slice",
+            "dynamic_slice",
+        ):
             return self.hit([Splat(x.value, eqn.outvars[0].aval)])
         if _scalar_const(x) is not None and eqn.primitive.name == "broadcast_in_dim" and not rest:
             return self.hit([Splat(_scalar_const(x), eqn.outvars[0].aval)])
@@ -106,8 +130,13 @@ class _Simplifier:
         p = interp.producer(base)
         if eqn.primitive is lax.transpose_p:
             out = self.transpose(interp, eqn, base)
-        elif eqn.primitive is lax.broadcast_in_dim_p and not rest and p is not None \
-                and p[0] is lax.broadcast_in_dim_p and len(p[2]) == 1:       # broadcast of a broadcast
+        elif (
+            eqn.primitive is lax.broadcast_in_dim_p
+            and not rest
+            and p is not None
+            and p[0] is lax.broadcast_in_dim_p
+            and len(p[2]) == 1
+        ):  # broadcast of a broadcast
             self.hits += 1
             dims = tuple(eqn.params["broadcast_dimensions"][d] for d in p[1]["broadcast_dimensions"])
             out = interp.emit(lax.broadcast_in_dim_p, p[2][0], **{**eqn.params, "broadcast_dimensions": dims})[0]
@@ -174,7 +203,7 @@ class _Simplifier:
             out = interp.bind(eqn, [xa, xb])[0]
         c = ca * cb
         size = np.prod(eqn.outvars[0].aval.shape)
-        if c != 1 and size < min(np.size(xa), np.size(xb)):     # the smallest tensor yet: apply c here
+        if c != 1 and size < min(np.size(xa), np.size(xb)):  # the smallest tensor yet: apply c here
             return [_instantiate(Scaled(out, c), eqn.outvars[0].aval)]
         return [_scaled(out, c)]
 
@@ -185,21 +214,29 @@ class _Simplifier:
             self.hits += 1
             return x
         p = interp.producer(x)
-        if p is not None and p[0] is lax.transpose_p:                       # transpose of transpose
+        if p is not None and p[0] is lax.transpose_p:  # transpose of transpose
             self.hits += 1
             inner = p[1]["permutation"]
             composed = tuple(inner[i] for i in perm)
-            return p[2][0] if composed == tuple(range(len(composed))) else \
-                interp.emit(lax.transpose_p, p[2][0], permutation=composed)[0]
-        if p is not None and p[0] is lax.broadcast_in_dim_p and len(p[2]) == 1:   # of a broadcast
+            return (
+                p[2][0]
+                if composed == tuple(range(len(composed)))
+                else interp.emit(lax.transpose_p, p[2][0], permutation=composed)[0]
+            )
+        if p is not None and p[0] is lax.broadcast_in_dim_p and len(p[2]) == 1:  # of a broadcast
             self.hits += 1
             y, dims = p[2][0], p[1]["broadcast_dimensions"]
             new = [perm.index(d) for d in dims]
             order = sorted(range(len(new)), key=lambda j: new[j])
             if order != list(range(len(new))):
                 y = interp.emit(lax.transpose_p, y, permutation=tuple(order))[0]
-            return interp.emit(lax.broadcast_in_dim_p, y, shape=eqn.outvars[0].aval.shape,
-                               broadcast_dimensions=tuple(sorted(new)), sharding=None)[0]
+            return interp.emit(
+                lax.broadcast_in_dim_p,
+                y,
+                shape=eqn.outvars[0].aval.shape,
+                broadcast_dimensions=tuple(sorted(new)),
+                sharding=None,
+            )[0]
         return interp.emit(lax.transpose_p, x, permutation=perm)[0]
 
     def _dot_through_broadcast(self, interp, eqn, a, b):
@@ -212,8 +249,9 @@ class _Simplifier:
                 continue
             y, dims = p[2][0], tuple(p[1]["broadcast_dimensions"])
             batch = (lb, rb)[side]
-            if set(range(np.ndim(x))) - set(dims) != set(batch) or \
-                    any(np.shape(y)[j] != np.shape(x)[d] for j, d in enumerate(dims)):
+            if set(range(np.ndim(x))) - set(dims) != set(batch) or any(
+                np.shape(y)[j] != np.shape(x)[d] for j, d in enumerate(dims)
+            ):
                 continue
             self.hits += 1
             return _dot_by_labels(a, b, eqn.params, drop=(side, dims), interp=interp)
@@ -230,8 +268,11 @@ def _dot_by_labels(a, b, params, drop, interp):
         lbl[j] = la[i]
     for i, j in zip(lb, rb):
         lbl[j] = la[i]
-    out = ([la[i] for i in lb] + [la[i] for i in range(len(la)) if i not in lc and i not in lb]
-           + [lbl[j] for j in range(len(lbl)) if j not in rc and j not in rb])
+    out = (
+        [la[i] for i in lb]
+        + [la[i] for i in range(len(la)) if i not in lc and i not in lb]
+        + [lbl[j] for j in range(len(lbl)) if j not in rc and j not in rb]
+    )
     side, dims = drop
     p = interp.producer((a, b)[side])
     y = p[2][0]
@@ -240,12 +281,19 @@ def _dot_by_labels(a, b, params, drop, interp):
     (x0, l0), (x1, l1) = operands
     contract = [c for c in l0 if c in l1 and c not in out]
     batch = [c for c in l0 if c in l1 and c in out]
-    dn = ((tuple(l0.index(c) for c in contract), tuple(l1.index(c) for c in contract)),
-          (tuple(l0.index(c) for c in batch), tuple(l1.index(c) for c in batch)))
-    res = interp.emit(lax.dot_general_p, x0, x1, dimension_numbers=dn, precision=params.get("precision"),
-                      preferred_element_type=params.get("preferred_element_type"),
-                      **{k: v for k, v in params.items() if k not in ("dimension_numbers", "precision",
-                                                                      "preferred_element_type")})[0]
+    dn = (
+        (tuple(l0.index(c) for c in contract), tuple(l1.index(c) for c in contract)),
+        (tuple(l0.index(c) for c in batch), tuple(l1.index(c) for c in batch)),
+    )
+    res = interp.emit(
+        lax.dot_general_p,
+        x0,
+        x1,
+        dimension_numbers=dn,
+        precision=params.get("precision"),
+        preferred_element_type=params.get("preferred_element_type"),
+        **{k: v for k, v in params.items() if k not in ("dimension_numbers", "precision", "preferred_element_type")},
+    )[0]
     produced = batch + [c for c in l0 if c not in l1] + [c for c in l1 if c not in l0]
     perm = tuple(produced.index(c) for c in out)
     return res if perm == tuple(range(len(perm))) else interp.emit(lax.transpose_p, res, permutation=perm)[0]
@@ -258,21 +306,34 @@ def _fold_constants(rule_table, s):
     from ttt_compile.ir.interpreter import default_rule
 
     def rule(interp, eqn, invals):
-        if (invals and not eqn.primitive.multiple_results and not eqn.effects
-                and all(_scalar_const(v) is not None and not isinstance(v, Splat) for v in invals)
-                and eqn.outvars[0].aval.shape == ()):
+        if (
+            invals
+            and not eqn.primitive.multiple_results
+            and not eqn.effects
+            and all(_scalar_const(v) is not None and not isinstance(v, Splat) for v in invals)
+            and eqn.outvars[0].aval.shape == ()
+        ):
             with jax.ensure_compile_time_eval():
                 s.hits += 1
                 return [np.asarray(eqn.primitive.bind(*[np.asarray(v) for v in invals], **eqn.params))]
         if eqn.primitive in rule_table and _inexact(eqn):
             return rule_table[eqn.primitive](interp, eqn, invals)
         return default_rule(interp, eqn, invals)
+
     return rule
 
 
 def _rules(s: _Simplifier) -> dict:
-    rules = {lax.neg_p: s.neg, lax.mul_p: s.mul, lax.div_p: s.div, lax.add_p: s.add, add_any_p: s.add,
-             lax.sub_p: s.add, lax.integer_pow_p: s.integer_pow, lax.dot_general_p: s.dot_general}
+    rules = {
+        lax.neg_p: s.neg,
+        lax.mul_p: s.mul,
+        lax.div_p: s.div,
+        lax.add_p: s.add,
+        add_any_p: s.add,
+        lax.sub_p: s.add,
+        lax.integer_pow_p: s.integer_pow,
+        lax.dot_general_p: s.dot_general,
+    }
     for name in _LINEAR_UNARY:
         prim = primitive_named(name)
         if prim is not None:

@@ -1,4 +1,5 @@
 """unroll: replace each ttt_loop by its T steps written out."""
+
 from jax.extend.core import ClosedJaxpr
 
 from ttt_compile.ir import expand_loop as loops
@@ -13,22 +14,28 @@ def unroll_rule(max_steps: int, schedules=("full", "sgd", "online"), checkpointe
     loops marked for rematerialisation stay loops unless `checkpointed`.  A loop kept a loop has its
     body rewritten (loops nested in it are unrolled too); an unrolled body is evaluated by the same
     rule, so every level is reached."""
+
     def rule(interp, eqn, invals):
         li = info(eqn.params)
         if li.schedule not in schedules:
             return rewrite_region(interp, eqn, invals)
         if li.remat is not None and not checkpointed:
-            note(f"kept the {li.role} {li.schedule} loop of {li.steps} steps (remat={li.remat}) a loop: as a scan of "
-                 "checkpointed steps only W_t is stored per step, while unrolled XLA keeps recomputed "
-                 "steps live (pass checkpointed=True to unroll it anyway)")
+            note(
+                f"kept the {li.role} {li.schedule} loop of {li.steps} steps (remat={li.remat}) a loop: as a scan of "
+                "checkpointed steps only W_t is stored per step, while unrolled XLA keeps recomputed "
+                "steps live (pass checkpointed=True to unroll it anyway)"
+            )
             return rewrite_region(interp, eqn, invals)
         if li.steps > max_steps:
-            note(f"did not unroll a {li.role} {li.schedule} loop of {li.steps} steps (> max_steps={max_steps}); "
-                 "lower keeps it a scan")
+            note(
+                f"did not unroll a {li.role} {li.schedule} loop of {li.steps} steps (> max_steps={max_steps}); "
+                "lower keeps it a scan"
+            )
             return rewrite_region(interp, eqn, invals)
         rule.applied += 1
         consts, carry, xs = li.split([interp.instantiate(x, v.aval) for x, v in zip(invals, eqn.invars)])
         return loops.unroll(interp, li, consts, carry, xs)
+
     rule.applied = 0
     return rule
 

@@ -16,6 +16,7 @@ eager impl, float64 enabled) -- slower, never wrong; `FALLBACKS` counts them.
 
 tests/test_np_eval.py checks every rule against `jax.core.eval_jaxpr`.
 """
+
 from __future__ import annotations
 
 import collections
@@ -36,9 +37,9 @@ def _int_div(a, b):
 
 
 def _round(x, rounding_method):
-    if int(rounding_method) == 0:                 # lax.RoundingMethod.AWAY_FROM_ZERO
+    if int(rounding_method) == 0:  # lax.RoundingMethod.AWAY_FROM_ZERO
         return np.sign(x) * np.floor(np.abs(x) + np.asarray(0.5, x.dtype))
-    return np.round(x)                             # TO_NEAREST_EVEN
+    return np.round(x)  # TO_NEAREST_EVEN
 
 
 def _integer_pow(x, y):
@@ -48,7 +49,7 @@ def _integer_pow(x, y):
         return np.asarray(1, x.dtype) / _integer_pow(x, -y)
     acc = None
     base = x
-    while y:                                       # exponentiation by squaring, as XLA expands it
+    while y:  # exponentiation by squaring, as XLA expands it
         if y & 1:
             acc = base if acc is None else acc * base
         y >>= 1
@@ -100,7 +101,7 @@ def _clamped_starts(shape, sizes, starts):
 
 
 def _dynamic_slice(x, *starts, slice_sizes):
-    s = _clamped_starts(x.shape, slice_sizes, starts[:x.ndim])
+    s = _clamped_starts(x.shape, slice_sizes, starts[: x.ndim])
     return x[tuple(slice(a, a + k) for a, k in zip(s, slice_sizes))]
 
 
@@ -128,6 +129,7 @@ def _cumulative(fn):
         if reverse:
             return np.flip(fn(np.flip(x, axis), axis=axis), axis)
         return fn(x, axis=axis)
+
     return rule
 
 
@@ -160,47 +162,103 @@ def _logical_not(x):
 
 
 RULES = {
-    "abs": _unary(np.abs), "neg": _unary(np.negative), "sign": _unary(np.sign), "floor": _unary(np.floor),
-    "ceil": _unary(np.ceil), "exp": _unary(np.exp), "exp2": _unary(np.exp2), "log": _unary(np.log),
-    "log1p": _unary(np.log1p), "expm1": _unary(np.expm1), "tanh": _unary(np.tanh), "sin": _unary(np.sin),
-    "cos": _unary(np.cos), "tan": _unary(np.tan), "sqrt": _unary(np.sqrt), "cbrt": _unary(np.cbrt),
-    "rsqrt": _unary(lambda x: 1 / np.sqrt(x)), "logistic": _unary(sp.expit), "erf": _unary(sp.erf),
-    "erfc": _unary(sp.erfc), "erf_inv": _unary(sp.erfinv), "square": _unary(np.square),
-    "is_finite": _unary(np.isfinite), "not": _unary(_logical_not), "atan": _unary(np.arctan),
-    "asin": _unary(np.arcsin), "acos": _unary(np.arccos), "sinh": _unary(np.sinh), "cosh": _unary(np.cosh),
-    "asinh": _unary(np.arcsinh), "acosh": _unary(np.arccosh), "atanh": _unary(np.arctanh),
-    "lgamma": _unary(sp.gammaln), "digamma": _unary(sp.digamma),
-    "add": lambda a, b: a + b, "add_any": lambda a, b: a + b, "sub": lambda a, b: a - b,
-    "mul": lambda a, b, **_: a * b, "div": _div, "rem": _rem, "pow": np.power, "atan2": np.arctan2,
-    "max": np.maximum, "min": np.minimum, "nextafter": np.nextafter,
+    "abs": _unary(np.abs),
+    "neg": _unary(np.negative),
+    "sign": _unary(np.sign),
+    "floor": _unary(np.floor),
+    "ceil": _unary(np.ceil),
+    "exp": _unary(np.exp),
+    "exp2": _unary(np.exp2),
+    "log": _unary(np.log),
+    "log1p": _unary(np.log1p),
+    "expm1": _unary(np.expm1),
+    "tanh": _unary(np.tanh),
+    "sin": _unary(np.sin),
+    "cos": _unary(np.cos),
+    "tan": _unary(np.tan),
+    "sqrt": _unary(np.sqrt),
+    "cbrt": _unary(np.cbrt),
+    "rsqrt": _unary(lambda x: 1 / np.sqrt(x)),
+    "logistic": _unary(sp.expit),
+    "erf": _unary(sp.erf),
+    "erfc": _unary(sp.erfc),
+    "erf_inv": _unary(sp.erfinv),
+    "square": _unary(np.square),
+    "is_finite": _unary(np.isfinite),
+    "not": _unary(_logical_not),
+    "atan": _unary(np.arctan),
+    "asin": _unary(np.arcsin),
+    "acos": _unary(np.arccos),
+    "sinh": _unary(np.sinh),
+    "cosh": _unary(np.cosh),
+    "asinh": _unary(np.arcsinh),
+    "acosh": _unary(np.arccosh),
+    "atanh": _unary(np.arctanh),
+    "lgamma": _unary(sp.gammaln),
+    "digamma": _unary(sp.digamma),
+    "add": lambda a, b: a + b,
+    "add_any": lambda a, b: a + b,
+    "sub": lambda a, b: a - b,
+    "mul": lambda a, b, **_: a * b,
+    "div": _div,
+    "rem": _rem,
+    "pow": np.power,
+    "atan2": np.arctan2,
+    "max": np.maximum,
+    "min": np.minimum,
+    "nextafter": np.nextafter,
     "integer_pow": lambda x, y: _integer_pow(x, y),
-    "eq": np.equal, "ne": np.not_equal, "lt": np.less, "le": np.less_equal, "gt": np.greater,
-    "ge": np.greater_equal, "and": np.bitwise_and, "or": np.bitwise_or, "xor": np.bitwise_xor,
-    "shift_left": np.left_shift, "shift_right_arithmetic": np.right_shift,
+    "eq": np.equal,
+    "ne": np.not_equal,
+    "lt": np.less,
+    "le": np.less_equal,
+    "gt": np.greater,
+    "ge": np.greater_equal,
+    "and": np.bitwise_and,
+    "or": np.bitwise_or,
+    "xor": np.bitwise_xor,
+    "shift_left": np.left_shift,
+    "shift_right_arithmetic": np.right_shift,
     "clamp": lambda lo, x, hi: np.minimum(np.maximum(x, lo), hi),
     "round": lambda x, rounding_method: _round(x, rounding_method),
-    "select_n": _select_n, "dot_general": _dot_general, "broadcast_in_dim": _broadcast_in_dim,
+    "select_n": _select_n,
+    "dot_general": _dot_general,
+    "broadcast_in_dim": _broadcast_in_dim,
     "reshape": lambda x, new_sizes, dimensions=None, **_: np.reshape(
-        x if dimensions is None else np.transpose(x, dimensions), new_sizes),
+        x if dimensions is None else np.transpose(x, dimensions), new_sizes
+    ),
     "transpose": lambda x, permutation: np.transpose(x, permutation),
     "squeeze": lambda x, dimensions: np.squeeze(x, tuple(dimensions)),
     "expand_dims": lambda x, dimensions: np.expand_dims(x, tuple(dimensions)),
     "convert_element_type": lambda x, new_dtype, **_: x.astype(new_dtype),
-    "reduce_sum": _reduce(np.sum), "reduce_max": _reduce(np.max), "reduce_min": _reduce(np.min),
-    "reduce_prod": _reduce(np.prod), "reduce_and": _reduce(np.all), "reduce_or": _reduce(np.any),
-    "argmax": _arg(np.argmax), "argmin": _arg(np.argmin),
-    "cumsum": _cumulative(np.cumsum), "cumprod": _cumulative(np.cumprod),
-    "cummax": _cumulative(np.maximum.accumulate), "cummin": _cumulative(np.minimum.accumulate),
+    "reduce_sum": _reduce(np.sum),
+    "reduce_max": _reduce(np.max),
+    "reduce_min": _reduce(np.min),
+    "reduce_prod": _reduce(np.prod),
+    "reduce_and": _reduce(np.all),
+    "reduce_or": _reduce(np.any),
+    "argmax": _arg(np.argmax),
+    "argmin": _arg(np.argmin),
+    "cumsum": _cumulative(np.cumsum),
+    "cumprod": _cumulative(np.cumprod),
+    "cummax": _cumulative(np.maximum.accumulate),
+    "cummin": _cumulative(np.minimum.accumulate),
     "iota": lambda dtype, shape, dimension, **_: _iota(dtype, shape, dimension),
     "concatenate": lambda *xs, dimension: np.concatenate(xs, axis=dimension),
-    "pad": _pad, "slice": lambda x, start_indices, limit_indices, strides: x[tuple(
-        slice(a, b, s) for a, b, s in zip(start_indices, limit_indices, strides or [1] * x.ndim))],
-    "dynamic_slice": _dynamic_slice, "dynamic_update_slice": _dynamic_update_slice,
-    "copy": _unary(np.array), "copy_p": _unary(np.array), "stop_gradient": _unary(lambda x: x),
-    "reduce_precision": None,   # bound with JAX (mantissa rounding is not a NumPy operation)
+    "pad": _pad,
+    "slice": lambda x, start_indices, limit_indices, strides: x[
+        tuple(slice(a, b, s) for a, b, s in zip(start_indices, limit_indices, strides or [1] * x.ndim))
+    ],
+    "dynamic_slice": _dynamic_slice,
+    "dynamic_update_slice": _dynamic_update_slice,
+    "copy": _unary(np.array),
+    "copy_p": _unary(np.array),
+    "stop_gradient": _unary(lambda x: x),
+    "reduce_precision": None,  # bound with JAX (mantissa rounding is not a NumPy operation)
 }
 MULTI = {
-    "split": _split, "unstack": lambda x, axis: list(np.moveaxis(x, axis, 0)),
+    "split": _split,
+    "unstack": lambda x, axis: list(np.moveaxis(x, axis, 0)),
     "optimization_barrier": lambda *xs: list(xs),
 }
 RULES = {k: v for k, v in RULES.items() if v is not None}
@@ -221,7 +279,7 @@ def _dtype(dtype):
 def round_bits(x: np.ndarray, bits: int) -> np.ndarray:
     """x (float64) rounded to `bits` significant bits, to nearest (x = m 2^e, 1/2 <= |m| < 1)."""
     m, e = np.frexp(x)
-    return np.ldexp(np.round(m * 2.0 ** bits) / 2.0 ** bits, e)
+    return np.ldexp(np.round(m * 2.0**bits) / 2.0**bits, e)
 
 
 def _rounded(x: np.ndarray) -> np.ndarray:
@@ -309,11 +367,18 @@ def _eval_eqn(eqn, invals) -> list:
     if name in ("sharding_constraint", "device_put"):
         return list(invals)
     if name == "scan":
-        return _loop(params["jaxpr"], params["num_consts"], params["num_carry"], params["length"],
-                     params["reverse"], invals)
+        return _loop(
+            params["jaxpr"], params["num_consts"], params["num_carry"], params["length"], params["reverse"], invals
+        )
     if name == "ttt_loop":
-        return _loop(params["body"], params["num_consts"], params["num_carry"], params["steps"],
-                     params.get("reverse", False), invals)
+        return _loop(
+            params["body"],
+            params["num_consts"],
+            params["num_carry"],
+            params["steps"],
+            params.get("reverse", False),
+            invals,
+        )
     if name == "while":
         return _while(params, invals)
     if name == "cond":
@@ -325,11 +390,15 @@ def _eval_eqn(eqn, invals) -> list:
 
 def _loop(body, num_consts, num_carry, length, reverse, invals) -> list:
     """scan / ttt_loop: for t in (reversed) 0..length-1: carry, ys[t] = body(*consts, *carry, *xs[t])."""
-    consts, carry, xs = invals[:num_consts], invals[num_consts:num_consts + num_carry], invals[num_consts + num_carry:]
+    consts, carry, xs = (
+        invals[:num_consts],
+        invals[num_consts : num_consts + num_carry],
+        invals[num_consts + num_carry :],
+    )
     y_avals = body.out_avals[num_carry:]
     ys = [np.empty((length, *a.shape), _dtype(np.dtype(a.dtype))) for a in y_avals]
     body_consts = [_arr(c) for c in body.consts]
-    for t in (reversed(range(length)) if reverse else range(length)):
+    for t in reversed(range(length)) if reverse else range(length):
         out = eval_jaxpr(body.jaxpr, body_consts, *consts, *carry, *[x[t] for x in xs])
         carry = out[:num_carry]
         for y, o in zip(ys, out[num_carry:]):
@@ -339,7 +408,7 @@ def _loop(body, num_consts, num_carry, length, reverse, invals) -> list:
 
 def _while(params, invals) -> list:
     cn, bn = params["cond_nconsts"], params["body_nconsts"]
-    cconsts, bconsts, carry = invals[:cn], invals[cn:cn + bn], invals[cn + bn:]
+    cconsts, bconsts, carry = invals[:cn], invals[cn : cn + bn], invals[cn + bn :]
     cond, body = params["cond_jaxpr"], params["body_jaxpr"]
     while bool(eval_closed(cond, *cconsts, *carry)[0]):
         carry = eval_closed(body, *bconsts, *carry)
@@ -389,8 +458,10 @@ def compare(reference, candidate, x, *, key=None):
     r = jax.random.normal(key, shape.shape, shape.dtype)
     y_ref, g_ref = value_and_grads(reference, x, r)
     y, g = value_and_grads(candidate, x, r)
-    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(
-        eqx.filter(reference, eqx.is_inexact_array))]
+    paths = [
+        jax.tree_util.keystr(p)
+        for p, _ in jax.tree_util.tree_leaves_with_path(eqx.filter(reference, eqx.is_inexact_array))
+    ]
     if len(g) != len(g_ref):
         raise ValueError(f"the two models have {len(g_ref)} and {len(g)} float leaves")
     worst = max(((relative_error(b, a), p) for p, a, b in zip(paths, g_ref, g)), default=(0.0, ""))

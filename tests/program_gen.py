@@ -25,17 +25,16 @@ Three layers of grammar:
   eqx.filter_jit, jax.checkpoint, lax.scan over stacked layers, lax.cond between two layers, or a
   custom_vjp (a scaled gradient); optional integer side computations in the model.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import functools
 import math
-from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from hypothesis import strategies as st
 
@@ -100,23 +99,23 @@ ACTIVATIONS = {
     "sigmoid": jax.nn.sigmoid,
     "silu": jax.nn.silu,
     "softplus": jax.nn.softplus,
-    "clip_grad": clip_grad,          # custom_jvp
-    "smooth_abs": smooth_abs,        # custom_jvp
-    "st_round": st_round,            # custom_vjp
-    "half_grad": half_grad,          # custom_vjp
+    "clip_grad": clip_grad,  # custom_jvp
+    "smooth_abs": smooth_abs,  # custom_jvp
+    "st_round": st_round,  # custom_vjp
+    "half_grad": half_grad,  # custom_vjp
 }
 
 
 def index_arith(variant: str, z):
     """Integer index arithmetic on the positions 0..d-1 of z, cast back into z's float dtype."""
     i = jnp.arange(z.shape[-1])
-    if variant == "floordiv":                                    # the issue's (arange(d) // 2)
+    if variant == "floordiv":  # the issue's (arange(d) // 2)
         return z + (i // 2).astype(z.dtype)
-    if variant == "mod_mask":                                    # even positions kept, odd negated
+    if variant == "mod_mask":  # even positions kept, odd negated
         return jnp.where(i % 2 == 0, z, -z)
-    if variant == "affine":                                      # (3 i + 1) mod 5 - 2, times 0.25
+    if variant == "affine":  # (3 i + 1) mod 5 - 2, times 0.25
         return z + 0.25 * ((3 * i + 1) % 5 - 2).astype(z.dtype)
-    if variant == "trunc":                                       # float -> int truncation (exact ints)
+    if variant == "trunc":  # float -> int truncation (exact ints)
         return z + 0.1 * (z * 2.5).astype(jnp.int32).astype(z.dtype)
     raise ValueError(variant)
 
@@ -147,21 +146,26 @@ def op_arrays(op, dh: int, key) -> tuple:
     if kind == "residual":
         return tuple(op_arrays(o, dh, k) for o, k in zip(op[1], jax.random.split(key, len(op[1]))))
     if kind == "ttt":
-        return (normal(k1, (NEST_M * NEST_D, dh)) / math.sqrt(dh),
-                0.5 * normal(k2, (dh, NEST_M * NEST_D)) / math.sqrt(NEST_M * NEST_D),
-                nested_layer(op[1], op[2], jax.random.fold_in(key, 1)))
+        return (
+            normal(k1, (NEST_M * NEST_D, dh)) / math.sqrt(dh),
+            0.5 * normal(k2, (dh, NEST_M * NEST_D)) / math.sqrt(NEST_M * NEST_D),
+            nested_layer(op[1], op[2], jax.random.fold_in(key, 1)),
+        )
     return ()
 
 
 # A nested op: z + W2 vec(TTT(reshape(W1 z, (NEST_M, NEST_D)))), a TTT layer learning over NEST_M
 # sub-tokens of width NEST_D inside the learner (its own inner loop: batching op[1], steps op[2]).
 NEST_M, NEST_D = 2, 2
-NEST_ONE_IN = 16         # one layer spec in NEST_ONE_IN has a nested op first (a nested program costs ~60 s here)
+NEST_ONE_IN = 16  # one layer spec in NEST_ONE_IN has a nested op first (a nested program costs ~60 s here)
 
 
 def nested_layer(batching: str, steps: int, key) -> tc.TTTLayer:
-    inner = (tc.Inner(batching="online", chunk=1) if batching == "online"
-             else tc.Inner(steps=steps, optimizer=optax.sgd(0.5)))
+    inner = (
+        tc.Inner(batching="online", chunk=1)
+        if batching == "online"
+        else tc.Inner(steps=steps, optimizer=optax.sgd(0.5))
+    )
     return tc.TTTLayer(NEST_D, 1, tc.learners.Linear(NEST_D), inner=inner, key=key)
 
 
@@ -220,8 +224,9 @@ class Learner(eqx.Module):
         """`zero`: the fast weights (every op's arrays except those of the ops in `outer`) are zeros."""
         self.ops = ops
         arrays = tuple(op_arrays(o, dh, k) for o, k in zip(ops, jax.random.split(key, max(len(ops), 1))))
-        self.arrays = tuple(jax.tree.map(jnp.zeros_like, a) if zero and i not in outer else a
-                            for i, a in enumerate(arrays))
+        self.arrays = tuple(
+            jax.tree.map(jnp.zeros_like, a) if zero and i not in outer else a for i, a in enumerate(arrays)
+        )
 
     def __call__(self, z):
         return apply_ops(self.ops, self.arrays, z)
@@ -245,7 +250,7 @@ def op_strategy(depth: int = 0):
 @st.composite
 def learner_ops(draw) -> tuple:
     ops = tuple(draw(st.lists(op_strategy(), min_size=1, max_size=4)))
-    if not has_arrays(ops):                     # a learner needs fast weights
+    if not has_arrays(ops):  # a learner needs fast weights
         ops = (("linear",), *ops)
     return ops
 
@@ -259,7 +264,7 @@ SCHEDULES = {
     "piecewise": lambda lr: optax.piecewise_constant_schedule(lr, {2: 0.5}),
 }
 
-OPTIMIZERS = {   # name -> (learning rate -> GradientTransformation); lr is a float or a schedule
+OPTIMIZERS = {  # name -> (learning rate -> GradientTransformation); lr is a float or a schedule
     "sgd": lambda lr: optax.sgd(lr),
     "momentum": lambda lr: optax.sgd(lr, momentum=0.9),
     "nesterov": lambda lr: optax.sgd(lr, momentum=0.9, nesterov=True),
@@ -285,18 +290,18 @@ class LayerSpec:
     heads: int
     dh: int
     steps: int
-    batching: str            # full | sgd | online
+    batching: str  # full | sgd | online
     chunk: int
-    init: str                # zero | learned
+    init: str  # zero | learned
     decoder_ln: bool
     optimizer: str
     schedule: str
     lr: float
-    ops: tuple               # the learner's grammar ops
-    outer: tuple = ()        # indices of ops whose arrays are outer parameters (TTTLayer(outer=...))
-    eta: str = "fixed"       # learned step size: fixed | per_head | per_token (tc.Inner(eta=...))
-    released: bool = False   # the released code's parametrisation (tc.Reconstruction.released)
-    token_chunk: int | None = None   # tc.Inner(token_chunk=...): not drawn here (tests/test_token_chunk.py sets it)
+    ops: tuple  # the learner's grammar ops
+    outer: tuple = ()  # indices of ops whose arrays are outer parameters (TTTLayer(outer=...))
+    eta: str = "fixed"  # learned step size: fixed | per_head | per_token (tc.Inner(eta=...))
+    released: bool = False  # the released code's parametrisation (tc.Reconstruction.released)
+    token_chunk: int | None = None  # tc.Inner(token_chunk=...): not drawn here (tests/test_token_chunk.py sets it)
 
     @property
     def dim(self) -> int:
@@ -317,10 +322,21 @@ def _divisors(n):
 @st.composite
 def layer_specs(draw, n: int, heads_dh: tuple[int, int] | None = None, batching: str | None = None) -> LayerSpec:
     heads, dh = heads_dh if heads_dh is not None else draw(st.sampled_from(DIMS))
-    if batching in (None, "full") and draw(st.integers(0, 7)) == 0:    # a non-parametric learner (1 in 8)
-        return LayerSpec(heads=heads, dh=dh, steps=1, batching="full", chunk=1, init="zero",
-                         decoder_ln=draw(st.booleans()), optimizer="sgd", schedule="const", lr=1.0,
-                         ops=(NADARAYA_WATSON,), released=draw(st.sampled_from([False, True])))
+    if batching in (None, "full") and draw(st.integers(0, 7)) == 0:  # a non-parametric learner (1 in 8)
+        return LayerSpec(
+            heads=heads,
+            dh=dh,
+            steps=1,
+            batching="full",
+            chunk=1,
+            init="zero",
+            decoder_ln=draw(st.booleans()),
+            optimizer="sgd",
+            schedule="const",
+            lr=1.0,
+            ops=(NADARAYA_WATSON,),
+            released=draw(st.sampled_from([False, True])),
+        )
     batching = batching or draw(st.sampled_from(["full", "sgd", "online"]))
     if batching == "sgd":
         steps = draw(st.sampled_from([s for s in _divisors(n) if s <= 6]))
@@ -328,34 +344,51 @@ def layer_specs(draw, n: int, heads_dh: tuple[int, int] | None = None, batching:
         steps = draw(st.integers(1, 6))
     chunk = draw(st.sampled_from(_divisors(n))) if batching == "online" else 1
     ops = draw(learner_ops())
-    if draw(st.integers(0, NEST_ONE_IN - 1)) == 0:        # a small share of nested learners
+    if draw(st.integers(0, NEST_ONE_IN - 1)) == 0:  # a small share of nested learners
         ops = (("ttt", draw(st.sampled_from(["full", "online"])), draw(st.integers(1, 2))), *ops)
     holders = array_ops(ops)
     outer = ()
-    if len(holders) >= 2 and draw(st.booleans()):       # keep at least one op of fast weights
+    if len(holders) >= 2 and draw(st.booleans()):  # keep at least one op of fast weights
         outer = tuple(sorted(draw(st.sets(st.sampled_from(holders), min_size=1, max_size=len(holders) - 1))))
-    return LayerSpec(heads=heads, dh=dh, steps=steps, batching=batching, chunk=chunk,
-                     init=draw(st.sampled_from(["zero", "learned"])), decoder_ln=draw(st.booleans()),
-                     optimizer=draw(st.sampled_from(tuple(OPTIMIZERS))),
-                     schedule=draw(st.sampled_from(["const", "const", *[s for s in SCHEDULES if s != "const"]])),
-                     lr=draw(st.sampled_from([0.05, 0.2, 0.5])), ops=ops, outer=outer,
-                     eta=draw(st.sampled_from(["fixed", "fixed", "per_head", "per_token"])),
-                     released=draw(st.sampled_from([False, False, True])))
+    return LayerSpec(
+        heads=heads,
+        dh=dh,
+        steps=steps,
+        batching=batching,
+        chunk=chunk,
+        init=draw(st.sampled_from(["zero", "learned"])),
+        decoder_ln=draw(st.booleans()),
+        optimizer=draw(st.sampled_from(tuple(OPTIMIZERS))),
+        schedule=draw(st.sampled_from(["const", "const", *[s for s in SCHEDULES if s != "const"]])),
+        lr=draw(st.sampled_from([0.05, 0.2, 0.5])),
+        ops=ops,
+        outer=outer,
+        eta=draw(st.sampled_from(["fixed", "fixed", "per_head", "per_token"])),
+        released=draw(st.sampled_from([False, False, True])),
+    )
 
 
 def build_layer(spec: LayerSpec, key) -> tc.TTTLayer:
     """The TTT layer of `spec`; with init='zero' its learner is built with zeros (W0 = 0 is the spec)."""
     k_learner, k_layer = jax.random.split(key)
-    task = (tc.Reconstruction.released(decoder_ln=spec.decoder_ln) if spec.released
-            else tc.Reconstruction(decoder_ln=spec.decoder_ln))
+    task = (
+        tc.Reconstruction.released(decoder_ln=spec.decoder_ln)
+        if spec.released
+        else tc.Reconstruction(decoder_ln=spec.decoder_ln)
+    )
     if spec.ops == (NADARAYA_WATSON,):
         return tc.TTTLayer(spec.dim, spec.heads, tc.learners.NadarayaWatson(), task=task, key=k_layer)
     learner = Learner(spec.ops, spec.dh, k_learner, zero=spec.init == "zero", outer=spec.outer)
-    inner = tc.Inner(steps=spec.steps, batching=spec.batching, chunk=spec.chunk, eta=spec.eta,
-                     optimizer=make_optimizer(spec.optimizer, spec.schedule, spec.lr), token_chunk=spec.token_chunk)
+    inner = tc.Inner(
+        steps=spec.steps,
+        batching=spec.batching,
+        chunk=spec.chunk,
+        eta=spec.eta,
+        optimizer=make_optimizer(spec.optimizer, spec.schedule, spec.lr),
+        token_chunk=spec.token_chunk,
+    )
     outer = (lambda f: tuple(f.arrays[i] for i in spec.outer)) if spec.outer else None
-    return tc.TTTLayer(spec.dim, spec.heads, learner, init=spec.init, outer=outer, task=task, inner=inner,
-                       key=k_layer)
+    return tc.TTTLayer(spec.dim, spec.heads, learner, init=spec.init, outer=outer, task=task, inner=inner, key=k_layer)
 
 
 # =========================================================================== enclosing programs
@@ -365,11 +398,11 @@ WRAPPERS = (None, "jit", "filter_jit", "checkpoint", "scan", "cond", "custom_vjp
 
 @dataclasses.dataclass(frozen=True)
 class Program:
-    kind: str                         # layer | stack | vit | lm
-    layers: tuple                     # LayerSpec per TTT layer (scan: copies of one spec)
-    n: int                            # tokens per sequence
-    wrapper: str | None = None        # how a stack calls its layers (see WRAPPERS)
-    int_side: bool = False            # integer side computations in the enclosing model
+    kind: str  # layer | stack | vit | lm
+    layers: tuple  # LayerSpec per TTT layer (scan: copies of one spec)
+    n: int  # tokens per sequence
+    wrapper: str | None = None  # how a stack calls its layers (see WRAPPERS)
+    int_side: bool = False  # integer side computations in the enclosing model
     seed: int = 0
 
     @property
@@ -383,6 +416,7 @@ def _combine_call(params, static, x):
 
 def scaled_grad_call(static, scale: float):
     """A custom_vjp around a layer call: the layer forward, `scale` times its gradients backward."""
+
     @jax.custom_vjp
     def call(params, x):
         return _combine_call(params, static, x)
@@ -394,6 +428,7 @@ def scaled_grad_call(static, scale: float):
         params, x = res
         _, vjp = jax.vjp(lambda p, x: _combine_call(p, static, x), params, x)
         return vjp(jax.tree.map(lambda c: scale * c, g))
+
     call.defvjp(fwd, bwd)
     return call
 
@@ -426,8 +461,7 @@ def int_side_features(x):
     i, j = jnp.arange(n)[:, None], jnp.arange(d)[None, :]
     feat = ((3 * i + j) % 5 // 2).astype(x.dtype)
     sign = jnp.where(jnp.arange(n) % 2 == 0, 1, -1).astype(x.dtype)[:, None]
-    _, k = jax.lax.while_loop(lambda c: c[0] < n, lambda c: (c[0] + 1, c[1] + c[0] % 3),
-                              (jnp.int32(0), jnp.int32(0)))
+    _, k = jax.lax.while_loop(lambda c: c[0] < n, lambda c: (c[0] + 1, c[1] + c[0] % 3), (jnp.int32(0), jnp.int32(0)))
     return x * sign * (1 + 0.01 * k.astype(x.dtype)) + 0.1 * feat
 
 
@@ -463,20 +497,33 @@ class Stack(eqx.Module):
         if self.wrapper == "scan":
             first = self.layers[0]
             leaves, treedef = jax.tree_util.tree_flatten(eqx.filter(first, eqx.is_array))
-            stacked = jax.tree_util.tree_unflatten(treedef, [jnp.stack(ls) for ls in zip(
-                *[jax.tree_util.tree_leaves(eqx.filter(l, eqx.is_array)) for l in self.layers])])
+            stacked = jax.tree_util.tree_unflatten(
+                treedef,
+                [
+                    jnp.stack(ls)
+                    for ls in zip(
+                        *[jax.tree_util.tree_leaves(eqx.filter(layer, eqx.is_array)) for layer in self.layers]
+                    )
+                ],
+            )
             static = eqx.filter(first, eqx.is_array, inverse=True)
 
             def body(x, p):
                 return x + eqx.combine(p, static)(layer_norm(x)), None
+
             x, _ = jax.lax.scan(body, x, stacked)
             return self.mlps[0](x)
         if self.wrapper == "cond":
             a, b = self.layers[0], self.layers[1 % len(self.layers)]
             pa, sa = eqx.partition(a, eqx.is_array)
             pb, sb = eqx.partition(b, eqx.is_array)
-            y = jax.lax.cond(jnp.sum(x) > 0, lambda p, x: eqx.combine(p[0], sa)(x),
-                             lambda p, x: eqx.combine(p[1], sb)(x), (pa, pb), layer_norm(x))
+            y = jax.lax.cond(
+                jnp.sum(x) > 0,
+                lambda p, x: eqx.combine(p[0], sa)(x),
+                lambda p, x: eqx.combine(p[1], sb)(x),
+                (pa, pb),
+                layer_norm(x),
+            )
             return self.mlps[0](x + y)
         for layer, mlp in zip(self.layers, self.mlps):
             x = x + call_layer(layer, layer_norm(x), self.wrapper)
@@ -497,8 +544,21 @@ class Bare(eqx.Module):
         return call_layer(self.layer, x, self.wrapper)
 
 
-VIT_GRIDS = {1: (1, 1), 2: (1, 2), 3: (1, 3), 4: (2, 2), 5: (1, 5), 6: (2, 3), 7: (1, 7), 8: (2, 4), 9: (3, 3),
-             10: (2, 5), 11: (1, 11), 12: (3, 4), 13: (1, 13)}
+VIT_GRIDS = {
+    1: (1, 1),
+    2: (1, 2),
+    3: (1, 3),
+    4: (2, 2),
+    5: (1, 5),
+    6: (2, 3),
+    7: (1, 7),
+    8: (2, 4),
+    9: (3, 3),
+    10: (2, 5),
+    11: (1, 11),
+    12: (3, 4),
+    13: (1, 13),
+}
 VOCAB = 7
 
 
@@ -520,15 +580,32 @@ def build(program: Program):
         model = Stack(tuple(layers), mlps, program.wrapper, program.int_side)
     elif program.kind == "vit":
         rows, cols = VIT_GRIDS[n]
-        model = vit_models.ViT(image_size=(rows, cols), channels=2, num_classes=3, patch=1, width=d,
-                               depth=len(layers), heads=program.layers[0].heads, mlp_dim=2 * d, layer=layers,
-                               key=k_model)
-        model = _cast_floats(model, dtype)          # the ViT stores its own weights in float32
+        model = vit_models.ViT(
+            image_size=(rows, cols),
+            channels=2,
+            num_classes=3,
+            patch=1,
+            width=d,
+            depth=len(layers),
+            heads=program.layers[0].heads,
+            mlp_dim=2 * d,
+            layer=layers,
+            key=k_model,
+        )
+        model = _cast_floats(model, dtype)  # the ViT stores its own weights in float32
         shape = (rows, cols, 2)
         return model, jax.random.normal(k_x, shape, dtype), jax.random.normal(k_x2, shape, dtype)
     elif program.kind == "lm":
-        model = lm_models.causal_lm(vocab=VOCAB, width=d, depth=len(layers), heads=program.layers[0].heads,
-                                    mlp_dim=2 * d, max_len=n, mixer=layers, key=k_model)
+        model = lm_models.causal_lm(
+            vocab=VOCAB,
+            width=d,
+            depth=len(layers),
+            heads=program.layers[0].heads,
+            mlp_dim=2 * d,
+            max_len=n,
+            mixer=layers,
+            key=k_model,
+        )
         ids = lambda k: jax.random.randint(k, (n,), 0, VOCAB, jnp.int32)  # noqa: E731
         return model, ids(k_x), ids(k_x2)
     else:
@@ -594,7 +671,7 @@ def pass_names() -> list[str]:
     return sorted(tc.passes.available())
 
 
-PASS_OPTIONS = {   # options a random pipeline may give a pass (each must be accepted by passes.get)
+PASS_OPTIONS = {  # options a random pipeline may give a pass (each must be accepted by passes.get)
     "remat": [{"scheme": s} for s in ("step", "sqrt", "log")],
     "unroll": [{"max_steps": 2}, {"checkpointed": True}],
     "sgd_batch": [{"max_steps": 2}],

@@ -1,4 +1,5 @@
 """The benchmark suite: interleaved timing, FLOP accounting of loops, and a tiny end-to-end run."""
+
 import json
 
 import jax
@@ -39,6 +40,7 @@ def test_flops_of_a_scanned_loop_count_every_step(steps):
     def f(w, c):
         def body(c, _):
             return jnp.tanh(w @ c), None
+
         return jax.lax.scan(body, c, None, length=steps)[0]
 
     fig, exe = suite.compile_and_count(f, (jnp.ones((m, m)), jnp.ones((m, k))))
@@ -50,8 +52,9 @@ def test_flops_of_a_scanned_loop_count_every_step(steps):
 
 
 def test_compile_only_group_records_flops_and_memory_but_no_time():
-    g = suite.run_group(suite.TINY, 16, 2, 8, flops_only=True, layer_names=("linear_attention",),
-                        pipe_names=("default",), peak=None)
+    g = suite.run_group(
+        suite.TINY, 16, 2, 8, flops_only=True, layer_names=("linear_attention",), pipe_names=("default",), peak=None
+    )
     assert g["peak"] is None and [c["pipeline"] for c in g["cells"]] == ["default"]
     for rec in g["programs"]:
         assert "compilation only" in rec["timing_skipped"]
@@ -66,7 +69,8 @@ def test_tiny_suite_writes_json_markdown_and_plots(tmp_path):
     assert {"jax", "jaxlib", "date", "platform"} <= set(results["machine"])
     (group,) = results["groups"]
     assert {(c["layer"], c["pipeline"]) for c in group["cells"]} == {
-        (layer, p) for layer in ("linear_attention", "mttt_linear") for p in ("none", "default")}
+        (layer, p) for layer in ("linear_attention", "mttt_linear") for p in ("none", "default")
+    }
     for rec in group["programs"]:
         for kind in ("fwd", "train"):
             fig = rec["fig"][kind]
@@ -92,11 +96,12 @@ def test_unknown_layer_is_one_clear_line_and_exit_2(capsys, tmp_path):
 def test_interleaved_times_each_cluster_back_to_back():
     seen = []
     thunks = {name: (lambda name=name: seen.append(name)) for name in "abcde"}
-    rounds = timing.interleaved(thunks, reps=4, min_block_s=0.0, singles=dict.fromkeys("abcde", 1.0),
-                                clusters=[["a", "b"], ["c", "d"]])
+    rounds = timing.interleaved(
+        thunks, reps=4, min_block_s=0.0, singles=dict.fromkeys("abcde", 1.0), clusters=[["a", "b"], ["c", "d"]]
+    )
     assert all(len(v) == 4 for v in rounds.values())
     for r in range(4):
-        order = seen[5 * r:5 * r + 5]
+        order = seen[5 * r : 5 * r + 5]
         assert sorted(order) == list("abcde")
         for pair in ("ab", "cd"):
             i, j = order.index(pair[0]), order.index(pair[1])

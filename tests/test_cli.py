@@ -1,4 +1,5 @@
 """The command line: one parser, subcommands calling the library; wrong arguments are one line and exit 2."""
+
 import importlib.machinery
 import importlib.util
 import json
@@ -16,19 +17,42 @@ def test_inspect_prints_the_stage_table_as_json(capsys):
     assert stages[0]["pass"] and all(s["eqns"] > 0 for s in stages)
 
 
-@pytest.mark.parametrize("argv, message", [
-    ([], "the following arguments are required: command"),
-    (["trian", "digits_tiny"], "invalid choice: 'trian'"),
-    (["inspect", "no_layer", "--dim", "16", "--heads", "2", "--seq", "8"], "layer='no_layer' is not a layer preset"),
-    (["inspect", "mttt_linear", "--dim", "-3"], "-3 is not a positive integer"),
-    (["inspect", "mttt_linear", "--dim", "16", "--heads", "2", "--seq", "8", "--batching", "online", "--chunk", "3"],
-     "chunk"),
-    (["train", "digits_tiny", "--num-processes", "2"], "a multi-process run needs all of coordinator"),
-    (["train", "digits_tiny", "--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"],
-     "must be host:port"),
-    (["table", "lm", "--only", "nope"], "invalid choice: 'nope'"),
-    (["bench", "--only"], "expected at least one argument"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "the following arguments are required: command"),
+        (["trian", "digits_tiny"], "invalid choice: 'trian'"),
+        (
+            ["inspect", "no_layer", "--dim", "16", "--heads", "2", "--seq", "8"],
+            "layer='no_layer' is not a layer preset",
+        ),
+        (["inspect", "mttt_linear", "--dim", "-3"], "-3 is not a positive integer"),
+        (
+            [
+                "inspect",
+                "mttt_linear",
+                "--dim",
+                "16",
+                "--heads",
+                "2",
+                "--seq",
+                "8",
+                "--batching",
+                "online",
+                "--chunk",
+                "3",
+            ],
+            "chunk",
+        ),
+        (["train", "digits_tiny", "--num-processes", "2"], "a multi-process run needs all of coordinator"),
+        (
+            ["train", "digits_tiny", "--coordinator", "localhost", "--num-processes", "2", "--process-id", "0"],
+            "must be host:port",
+        ),
+        (["table", "lm", "--only", "nope"], "invalid choice: 'nope'"),
+        (["bench", "--only"], "expected at least one argument"),
+    ],
+)
 def test_wrong_arguments_are_one_line_and_exit_2(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()

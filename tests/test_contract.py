@@ -1,5 +1,6 @@
 """The pass contract and the learner API's traps (issue 8): options checked, aliases, ordering notes,
 ttt_loop DCE, init='zero' with non-zero arrays, outer-parameter marking, what a pass changed."""
+
 import contextlib
 import io
 import json
@@ -15,7 +16,6 @@ import pytest
 from jax.extend.core import jaxpr_as_fun
 
 import ttt_compile as tc
-from ttt_compile import passes as P
 from ttt_compile.ir.jaxpr_utils import dce
 from ttt_compile.ir.primitive import emitting, ttt_loop, ttt_loop_p
 from ttt_compile.models import layers
@@ -24,12 +24,15 @@ KEY = jax.random.PRNGKey(0)
 
 
 # --------------------------------------------------------------------------- pass options and names
-@pytest.mark.parametrize("spec, match", [
-    (("unroll", {"max_steps": "x"}), r"pass 'unroll': option max_steps='x' must be int"),
-    (("unroll", {"max_step": 3}), r"pass 'unroll' has no option 'max_step'; its options are max_steps"),
-    (("remat", {"scheme": "binomial"}), r"option scheme='binomial' must be one of 'step', 'sqrt', 'log'"),
-    (("simplify", {"anything": 1}), r"pass 'simplify' has no option 'anything'; its options are none"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        (("unroll", {"max_steps": "x"}), r"pass 'unroll': option max_steps='x' must be int"),
+        (("unroll", {"max_step": 3}), r"pass 'unroll' has no option 'max_step'; its options are max_steps"),
+        (("remat", {"scheme": "binomial"}), r"option scheme='binomial' must be one of 'step', 'sqrt', 'log'"),
+        (("simplify", {"anything": 1}), r"pass 'simplify' has no option 'anything'; its options are none"),
+    ],
+)
 def test_wrong_pass_option_is_a_spec_error_naming_the_pass(spec, match):
     layer = layers.mttt_linear(dim=8, heads=2, key=KEY)
     with pytest.raises(tc.SpecError, match=match):
@@ -57,8 +60,9 @@ def test_dce_drops_dead_carries_and_outputs_of_a_loop():
         return (a * 2 + x, b + a, c + 1.0), (b * x, a)
 
     def f(x):
-        (a, _, _), (y, _) = ttt_loop(step, (), (1.0, 2.0, 3.0), jnp.arange(4.0) + x, steps=4,
-                                     schedule="full", init="learned", num_weights=2)
+        (a, _, _), (y, _) = ttt_loop(
+            step, (), (1.0, 2.0, 3.0), jnp.arange(4.0) + x, steps=4, schedule="full", init="learned", num_weights=2
+        )
         return a, y
 
     with emitting():
@@ -89,12 +93,13 @@ def test_init_zero_with_nonzero_learner_is_an_error():
         tc.TTTLayer(8, 2, _gated(), key=KEY)
     with pytest.raises(tc.SpecError, match="init='zero'"):
         tc.TTTLayer(8, 2, tc.learners.Linear(4, key=KEY), key=KEY)
-    tc.TTTLayer(8, 2, tc.learners.Linear(4), key=KEY)            # zeros: fine
+    tc.TTTLayer(8, 2, tc.learners.Linear(4), key=KEY)  # zeros: fine
 
 
 def test_outer_arrays_are_trained_by_the_outer_loop_and_fixed_in_the_inner_one():
-    layer = tc.TTTLayer(8, 2, _gated(), init="learned", outer=lambda f: (f.gate, f.ln),
-                        inner=tc.Inner(steps=2), key=KEY)
+    layer = tc.TTTLayer(
+        8, 2, _gated(), init="learned", outer=lambda f: (f.gate, f.ln), inner=tc.Inner(steps=2), key=KEY
+    )
     assert layer.W0.gate is None and layer.W0.ln.weight is None and layer.W0.W.shape == (2, 4, 4)
     x = jax.random.normal(KEY, (6, 8))
     # fixed in the inner loop: the inner weights sequence never changes the gate
@@ -137,17 +142,21 @@ def test_compiled_diff_shows_what_each_pass_did():
 def test_readme_inspect_figures_match_the_command():
     """The README quotes `inspect mttt_linear`'s equation counts and FLOPs: they must be what it prints."""
     readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
-    m = re.search(r"the trace has (\d+)\s+equations and ([\d.e+]+) FLOPs; after `default`\s+(\d+) equations\s+and "
-                  r"([\d.e+]+) FLOPs", readme)
+    m = re.search(
+        r"the trace has (\d+)\s+equations and ([\d.e+]+) FLOPs; after `default`\s+(\d+) equations\s+and "
+        r"([\d.e+]+) FLOPs",
+        readme,
+    )
     assert m, "README no longer quotes the inspect figures in the tested form"
     from ttt_compile import cli
+
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert cli.main(["inspect", "mttt_linear", "--dim", "384", "--heads", "6", "--seq", "196", "--json"]) == 0
     stages = json.loads(out.getvalue())["stages"]
     trace, final = stages[0], stages[-1]
     assert (trace["eqns"], final["eqns"]) == (int(m.group(1)), int(m.group(3)))
-    assert trace["flops"] == pytest.approx(float(m.group(2)), rel=5e-3)     # quoted to 3 figures
+    assert trace["flops"] == pytest.approx(float(m.group(2)), rel=5e-3)  # quoted to 3 figures
     assert final["flops"] == pytest.approx(float(m.group(4)), rel=5e-3)
 
 
@@ -165,6 +174,6 @@ def test_learning_rate_schedule_and_cond_compile_under_default():
 
     x = jax.random.normal(KEY, (6, 8))
     prog = tc.compile(Switch(a, b), x)
-    assert not tc.ir.contains_loop(prog.jaxpr)           # both branches' loops were compiled
+    assert not tc.ir.contains_loop(prog.jaxpr)  # both branches' loops were compiled
     for sign in (1.0, -1.0):
         np.testing.assert_allclose(prog(sign * x), Switch(a, b)(sign * x), rtol=1e-5, atol=1e-6)

@@ -1,4 +1,5 @@
 """The reference layer, the ttt_loop IR, tc.compile and its errors."""
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -7,8 +8,8 @@ import optax
 import pytest
 
 import ttt_compile as tc
-from ttt_compile.models import layers
 from ttt_compile.ir.primitive import contains_loop, ttt_loop_p
+from ttt_compile.models import layers
 
 KEY = jax.random.PRNGKey(0)
 X = jax.random.normal(jax.random.PRNGKey(1), (16, 24))
@@ -25,12 +26,16 @@ def test_trace_emits_one_ttt_loop_per_layer_and_plain_path_does_not():
     assert (eqn.params["steps"], eqn.params["schedule"], eqn.params["init"]) == (3, "full", "learned")
     text = str(closed)
     assert "ttt_loop" in text and "steps=3" in text and "schedule=full" in text and "init=learned" in text
-    assert not contains_loop(jax.make_jaxpr(layer)(X))            # the reference path never emits it
+    assert not contains_loop(jax.make_jaxpr(layer)(X))  # the reference path never emits it
 
 
 def test_unlowered_program_runs_under_jit_vmap_and_grad():
     layer = layers.mttt_mlp(dim=24, heads=3, key=KEY, steps=2, batching="sgd")
-    prog = tc.compile(layer, X, passes=["unroll"], )             # unroll only: no loop left
+    prog = tc.compile(
+        layer,
+        X,
+        passes=["unroll"],
+    )  # unroll only: no loop left
     assert not contains_loop(prog.jaxpr)
     closed, *_ = tc.compiler.trace(layer, X)
     f = jax.extend.core.jaxpr_as_fun(closed)
@@ -38,9 +43,9 @@ def test_unlowered_program_runs_under_jit_vmap_and_grad():
     ref = layer(X)
     np.testing.assert_allclose(jax.jit(f)(*leaves, X)[0], ref, rtol=1e-5, atol=1e-5)
     xb = jnp.stack([X, 2 * X])
-    batched = jax.vmap(lambda x: f(*leaves, x)[0])(xb)           # the batching rule
+    batched = jax.vmap(lambda x: f(*leaves, x)[0])(xb)  # the batching rule
     np.testing.assert_allclose(batched, jax.vmap(layer)(xb), rtol=1e-5, atol=1e-5)
-    g = jax.grad(lambda x: jnp.sum(f(*leaves, x)[0]))(X)          # the jvp rule (via the impl)
+    g = jax.grad(lambda x: jnp.sum(f(*leaves, x)[0]))(X)  # the jvp rule (via the impl)
     np.testing.assert_allclose(g, jax.grad(lambda x: jnp.sum(layer(x)))(X), rtol=1e-4, atol=1e-5)
 
 
@@ -61,7 +66,7 @@ def test_compiled_is_a_trainable_module():
         prog, state, loss = step(prog, state)
         losses.append(float(loss))
     assert losses[-1] < 0.7 * losses[0]
-    out = jax.vmap(prog)(jnp.stack([X, X]))                       # vmappable over a batch
+    out = jax.vmap(prog)(jnp.stack([X, X]))  # vmappable over a batch
     assert out.shape == (2, 16, 24)
 
 
@@ -69,10 +74,10 @@ def test_stages_report_and_costs():
     prog = tc.compile(layers.mttt_linear(dim=24, heads=3, key=KEY), X, passes=["unroll", "dce"])
     names = [s[0] for s in prog.stages]
     assert names == ["trace", "unroll", "dce"]
-    for _, closed, cost in prog.stages:
+    for _, _closed, cost in prog.stages:
         assert cost.flops > 0 and cost.eqns > 0 and cost.temp_bytes >= 0
     rep = prog.report()
-    assert "FLOPs" in rep and "did not apply" in rep                # dce had nothing to do and says so
+    assert "FLOPs" in rep and "did not apply" in rep  # dce had nothing to do and says so
 
 
 def test_lower_is_appended_when_a_loop_remains():
@@ -93,11 +98,11 @@ def test_unroll_equals_scan(batching):
 @pytest.mark.parametrize("preset", [layers.mttt_linear, layers.mttt_mlp])
 def test_inner_loop_learns(batching, preset):
     layer = preset(dim=24, heads=3, key=KEY, steps=4, batching=batching, lr=0.03, init="learned")
-    losses = np.asarray(layer.inner_losses(X))                    # (heads, T + 1)
+    losses = np.asarray(layer.inner_losses(X))  # (heads, T + 1)
     assert losses.shape == (3, 5)
     assert np.all(losses[:, -1] < losses[:, 0])
     if batching == "full":
-        assert np.all(np.diff(losses, axis=1) < 0)                  # full-batch GD with a small step descends
+        assert np.all(np.diff(losses, axis=1) < 0)  # full-batch GD with a small step descends
 
 
 def test_nesting_inside_jit_and_checkpoint():
@@ -123,6 +128,7 @@ def test_nesting_inside_jit_and_checkpoint():
 def test_custom_learner_example():
     import importlib.util
     import pathlib
+
     path = pathlib.Path(__file__).parents[1] / "examples" / "residual_learner.py"
     assert len(path.read_text().splitlines()) < 30
     spec = importlib.util.spec_from_file_location("residual_learner", path)
@@ -190,13 +196,15 @@ def test_compiled_called_with_other_shape():
 
 def test_cost_counts_loop_trip_counts():
     """XLA counts a while body once; Cost multiplies it by the trip count (hand count and unrolled)."""
+
     def scanned(W, xs):
         return jax.lax.scan(lambda c, x: (c @ x, None), W, xs)[0]
+
     W, xs = jnp.ones((32, 32)), jnp.ones((8, 32, 32))
-    assert tc.cost.of(scanned, W, xs).flops == pytest.approx(8 * 2 * 32 ** 3, rel=1e-3)
+    assert tc.cost.of(scanned, W, xs).flops == pytest.approx(8 * 2 * 32**3, rel=1e-3)
     layer = layers.mttt_mlp(dim=24, heads=3, key=KEY, steps=4)
     looped = tc.compile(layer, X, passes=["lower"]).stages[-1][2]
     unrolled = tc.compile(layer, X, passes=["unroll"]).stages[-1][2]
     assert looped.flops == pytest.approx(unrolled.flops, rel=0.02)
     one = tc.compile(layers.mttt_mlp(dim=24, heads=3, key=KEY, steps=1), X, passes=["lower"]).stages[-1][2]
-    assert looped.flops > 2 * one.flops                           # T=4 is not reported as T=1
+    assert looped.flops > 2 * one.flops  # T=4 is not reported as T=1

@@ -1,11 +1,12 @@
 """Input pipelines: packaged digits, an ImageNet-layout folder of generated JPEGs, augmentations."""
+
 import grain
 import numpy as np
 import pytest
 from PIL import Image
 
-from ttt_compile.training import data
 from ttt_compile.configs import Config, ConfigError
+from ttt_compile.training import data
 
 
 def test_digits_split_is_deterministic_disjoint_and_normalised():
@@ -26,7 +27,8 @@ def test_digits_split_is_deterministic_disjoint_and_normalised():
 def _indexed(n: int, classes: int = 4) -> data.Data:
     """A data set whose image i is filled with the value i, so batches reveal which examples they hold."""
     records = grain.MapDataset.source(np.arange(n)).map(
-        lambda i: {"image": np.full((2, 2, 1), i, np.float32), "label": np.int32(i % classes)})
+        lambda i: {"image": np.full((2, 2, 1), i, np.float32), "label": np.int32(i % classes)}
+    )
     return data.Data("indexed", records, lambda r, rng: r, records, classes, (2, 2, 1))
 
 
@@ -99,8 +101,9 @@ def image_folder(tmp_path_factory):
 
 
 def test_imagenet_folder_with_paper_augmentations(image_folder):
-    config = Config(data=f"imagenet:{image_folder}", image_size=16, crop_area_min=0.05, flip=True,
-                    randaugment=(2, 10), mixup=0.2)
+    config = Config(
+        data=f"imagenet:{image_folder}", image_size=16, crop_area_min=0.05, flip=True, randaugment=(2, 10), mixup=0.2
+    )
     d = data.load(config)
     assert (d.train_size, d.test_size, d.num_classes, d.image_shape) == (12, 7, 3, (16, 16, 3))
     batches = data.train_batches(d, batch_size=6, seed=0, mixup_alpha=config.mixup)

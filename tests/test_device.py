@@ -1,5 +1,6 @@
 """The prepared accelerator benchmark (`ttt-compile bench --device`): its pieces on CPU, and (slow) the
 whole `--tiny` run."""
+
 import json
 
 import pytest
@@ -20,8 +21,8 @@ def test_peak_table_matches_device_kinds_and_says_unknown_otherwise():
 def test_self_attention_pixel_memory_is_the_n_squared_formula():
     m = device.attention_memory(device.SIZES["full"]["pixels"])
     assert m["tokens"] == 50176
-    assert m["memory_per_image_bytes"] == 12 * 3 * 50176 ** 2 * 2     # depth * H * n^2 bf16 values
-    assert m["scores_one_layer_bytes"] == 3 * 50176 ** 2 * 2
+    assert m["memory_per_image_bytes"] == 12 * 3 * 50176**2 * 2  # depth * H * n^2 bf16 values
+    assert m["scores_one_layer_bytes"] == 3 * 50176**2 * 2
     assert "not run" in m["status"]
 
 
@@ -36,19 +37,25 @@ def test_plan_covers_every_measurement_of_the_issue():
 def test_a_failing_or_slow_measurement_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
     timed_out = device.run_subprocess({"part": "info", "name": "info", "mode": "tiny"}, limit=0.3)
     assert timed_out["status"] == "failed" and "timed out after 0 s" in timed_out["error"]
-    jobs = [{"part": "info", "name": "info"},
-            {"part": "vit", "name": "no such layer", "layer": "no such layer"},
-            {"part": "causal", "name": "chunked causal linear attention (chunk 64) n=128",
-             "layer": "chunked causal linear attention (chunk 64)", "n": 128}]
+    jobs = [
+        {"part": "info", "name": "info"},
+        {"part": "vit", "name": "no such layer", "layer": "no such layer"},
+        {
+            "part": "causal",
+            "name": "chunked causal linear attention (chunk 64) n=128",
+            "layer": "chunked causal linear attention (chunk 64)",
+            "n": 128,
+        },
+    ]
     monkeypatch.setattr(device, "plan", lambda mode: [{**j, "mode": mode} for j in jobs])
     code = cli.main(["bench", "--device", "--tiny", "--out", str(tmp_path)])
     assert code == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["info"]["status"] == "ok" and results["info"]["device_kind"] == "cpu"
     assert results["info"]["versions"]["jax"] and results["info"]["peak_bf16_tflops"] is None
-    failed, = results["vit"]
+    (failed,) = results["vit"]
     assert failed["status"] == "failed" and "KeyError" in failed["error"] and "no such layer" in failed["error"]
-    causal, = results["causal"]
+    (causal,) = results["causal"]
     assert causal["status"] == "ok" and causal["tokens_per_s"] > 0 and causal["flops_per_step"] > 0
     assert causal["fraction_of_peak"] == "unknown" and causal["peak_bytes"] > 0
     assert "compiled memory analysis" in causal["memory_source"]

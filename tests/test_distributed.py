@@ -2,6 +2,7 @@
 host devices train like 1 process x 4 devices; kill one process mid-run, restart both with --resume,
 and the run finishes with the metrics of an uninterrupted one. Each process reads only its own rows
 of every batch (the data pipelines slice by process; see ttt_compile.training.data / sequences)."""
+
 import os
 import signal
 import socket
@@ -31,8 +32,13 @@ def _port() -> int:
 
 
 def _env(devices: int, **extra) -> dict:
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
-            "PYTHONUNBUFFERED": "1", **extra}
+    return {
+        **os.environ,
+        "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+        "JAX_PLATFORMS": "cpu",
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
 
 
 def _train(config: Path, workdir: Path, *extra: str) -> list[str]:
@@ -44,15 +50,24 @@ def _two_processes(config: Path, workdir: Path, *extra: str, faults=(None, None)
     procs = []
     for pid in (0, 1):
         env = _env(2, **({FAULT_ENV: faults[pid]} if faults[pid] else {}))
-        cmd = _train(config, workdir, "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-                     "--process-id", str(pid), *extra)
+        cmd = _train(
+            config,
+            workdir,
+            "--coordinator",
+            f"127.0.0.1:{port}",
+            "--num-processes",
+            "2",
+            "--process-id",
+            str(pid),
+            *extra,
+        )
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs
 
 
 def _finish(procs, timeout=600):
     outs = [p.communicate(timeout=timeout) for p in procs]
-    for p, (out, err) in zip(procs, outs):
+    for p, (_out, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
     return outs
 
@@ -65,8 +80,9 @@ def _metrics(workdir: Path):
 def test_two_processes_train_like_one_and_resume_after_a_kill(tmp_path):
     config = tmp_path / "digits_mp.py"
     config.write_text(CONFIG.format(base=BASE))
-    single = subprocess.Popen(_train(config, tmp_path / "single"), env=_env(4), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    single = subprocess.Popen(
+        _train(config, tmp_path / "single"), env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     _finish([single])
     multi = _two_processes(config, tmp_path / "multi")
     (out0, _), (out1, _) = _finish(multi)

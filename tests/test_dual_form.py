@@ -1,5 +1,6 @@
 """The dual_form pass: translation validation against the primal (token-by-token) form, the rewrite
 itself on a tiny jaxpr, and the cases where it must not apply."""
+
 import functools
 
 import equinox as eqx
@@ -13,14 +14,14 @@ import ttt_compile as tc
 import ttt_compile.passes.dual_form  # noqa: F401  (registers the pass)
 from ttt_compile import passes
 from ttt_compile.compiler import trace
+from ttt_compile.ir.primitive import ttt_loop_p
 from ttt_compile.models import layers
 from ttt_compile.models.causal import causal_linear_attention
-from ttt_compile.ir.primitive import ttt_loop_p
 
 KEY = jax.random.PRNGKey(0)
-DIM, HEADS, B = 16, 2, 4                  # d_h = 8 != b = 4, so a (b, d_h, d_h) array is recognisable
+DIM, HEADS, B = 16, 2, 4  # d_h = 8 != b = 4, so a (b, d_h, d_h) array is recognisable
 DH = DIM // HEADS
-X = 0.5 * jax.random.normal(jax.random.PRNGKey(1), (2, 4 * B, DIM))      # 2 sequences of 4 chunks
+X = 0.5 * jax.random.normal(jax.random.PRNGKey(1), (2, 4 * B, DIM))  # 2 sequences of 4 chunks
 
 
 class Batched(eqx.Module):
@@ -34,10 +35,12 @@ class Batched(eqx.Module):
 
 SPECS = {
     "linear": lambda: layers.mttt_linear(dim=DIM, heads=HEADS, key=KEY, batching="online", chunk=B, lr=0.2),
-    "linear_ln": lambda: layers.mttt_linear(dim=DIM, heads=HEADS, key=KEY, batching="online", chunk=B, lr=0.2,
-                                            decoder_ln=True),
-    "linear_learned_W0": lambda: layers.mttt_linear(dim=DIM, heads=HEADS, key=KEY, batching="online", chunk=B,
-                                                    lr=0.2, init="learned"),
+    "linear_ln": lambda: layers.mttt_linear(
+        dim=DIM, heads=HEADS, key=KEY, batching="online", chunk=B, lr=0.2, decoder_ln=True
+    ),
+    "linear_learned_W0": lambda: layers.mttt_linear(
+        dim=DIM, heads=HEADS, key=KEY, batching="online", chunk=B, lr=0.2, init="learned"
+    ),
     "mlp": lambda: layers.mttt_mlp(dim=DIM, heads=HEADS, key=KEY, batching="online", chunk=B, lr=0.2),
 }
 SPECS = {name: functools.lru_cache(maxsize=None)(build) for name, build in SPECS.items()}
@@ -71,7 +74,7 @@ def test_dual_form_equals_the_primal_form_in_values_and_outer_gradients(spec):
     model = Batched(SPECS[spec]())
     dual, primal = tc.compile(model, X, passes=DUAL), tc.compile(model, X, passes=PRIMAL)
     assert "dual form for" in notes(dual)
-    assert_trees_close(_call(dual, X), _call(model, X), rtol=1e-5)       # the reference layer
+    assert_trees_close(_call(dual, X), _call(model, X), rtol=1e-5)  # the reference layer
     assert_trees_close(_call(dual, X), _call(primal, X), rtol=1e-5)
     assert_trees_close(_grad(dual, X), _grad(primal, X))
 
@@ -106,30 +109,41 @@ def _shapes(jaxpr):
 
 def _per_token_weights(shape) -> bool:
     """An array holding a (b, d_h, d_h) block: b per-token weight matrices."""
-    return any(shape[i:i + 3] == (B, DH, DH) for i in range(len(shape) - 2))
+    return any(shape[i : i + 3] == (B, DH, DH) for i in range(len(shape) - 2))
 
 
 def test_the_rewrite_on_a_tiny_jaxpr_materialises_no_per_token_weights():
     layer = SPECS["linear"]()
     closed, *_ = trace(layer, X[0])
     (before,) = _loop_bodies(closed)
-    assert any(_per_token_weights(s) for s in _shapes(before))            # primal: (heads, b, d_h, d_h)
+    assert any(_per_token_weights(s) for s in _shapes(before))  # primal: (heads, b, d_h, d_h)
     after_program = passes.get("dual_form")(closed)
     (after,) = _loop_bodies(after_program)
     assert after is not before
     assert not any(_per_token_weights(s) for s in _shapes(after)), str(after)
-    assert (HEADS, B, B) in set(_shapes(after))                           # the masked tril(Q K^T) scores
-    assert after.out_avals == before.out_avals                            # same loop interface
+    assert (HEADS, B, B) in set(_shapes(after))  # the masked tril(Q K^T) scores
+    assert after.out_avals == before.out_avals  # same loop interface
 
 
-@pytest.mark.parametrize("why, build, match", [
-    ("momentum", lambda: layers.mttt_linear(dim=DIM, heads=HEADS, key=KEY, batching="online", chunk=B,
-                                            optimizer=optax.sgd(0.1, momentum=0.9)), "are read by"),
-    ("b=1", lambda: layers.mttt_linear(dim=DIM, heads=HEADS, key=KEY, batching="online", chunk=1),
-     "chunk b=1 < min_chunk=2"),
-    ("full batch", lambda: layers.mttt_linear(dim=DIM, heads=HEADS, key=KEY), "batching='online'"),
-    ("no loop", lambda: causal_linear_attention(dim=DIM, heads=HEADS, key=KEY, chunk=B), "no ttt_loop"),
-])
+@pytest.mark.parametrize(
+    "why, build, match",
+    [
+        (
+            "momentum",
+            lambda: layers.mttt_linear(
+                dim=DIM, heads=HEADS, key=KEY, batching="online", chunk=B, optimizer=optax.sgd(0.1, momentum=0.9)
+            ),
+            "are read by",
+        ),
+        (
+            "b=1",
+            lambda: layers.mttt_linear(dim=DIM, heads=HEADS, key=KEY, batching="online", chunk=1),
+            "chunk b=1 < min_chunk=2",
+        ),
+        ("full batch", lambda: layers.mttt_linear(dim=DIM, heads=HEADS, key=KEY), "batching='online'"),
+        ("no loop", lambda: causal_linear_attention(dim=DIM, heads=HEADS, key=KEY, chunk=B), "no ttt_loop"),
+    ],
+)
 def test_when_it_does_not_apply_the_program_is_unchanged_and_the_note_says_why(why, build, match):
     layer = build()
     closed, *_ = trace(layer, X[0])
@@ -161,8 +175,13 @@ class TransposedLinear(eqx.Module):
 
 
 def test_a_learner_that_reads_its_weights_transposed_gets_the_dual_form_too():
-    layer = tc.TTTLayer(DIM, HEADS, TransposedLinear(jnp.zeros((DH, DH))),
-                        inner=tc.Inner(batching="online", chunk=B, optimizer=optax.sgd(0.2)), key=KEY)
+    layer = tc.TTTLayer(
+        DIM,
+        HEADS,
+        TransposedLinear(jnp.zeros((DH, DH))),
+        inner=tc.Inner(batching="online", chunk=B, optimizer=optax.sgd(0.2)),
+        key=KEY,
+    )
     prog = tc.compile(layer, X[0], passes=DUAL)
     assert "dual form for W 8x8 (b=4)" in notes(prog)
     np.testing.assert_allclose(_call(prog, X[0]), _call(layer, X[0]), rtol=1e-5, atol=1e-5)

@@ -2,6 +2,7 @@
 attention with the identity feature map (in the released parametrisation, the presets' default, eta = 1 is
 lr = d_h), and the Nadaraya-Watson learner is softmax attention -- in values and in the
 gradients of a scalar loss w.r.t. every outer parameter, reference and compiled."""
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -11,23 +12,28 @@ import ttt_compile as tc
 from ttt_compile.models import layers
 from ttt_compile.validate import compare, relative_error
 
-SHAPES = [(8, 12, 1), (33, 32, 4), (10, 48, 6)]    # (n, dim, heads)
+SHAPES = [(8, 12, 1), (33, 32, 4), (10, 48, 6)]  # (n, dim, heads)
 
 
 def _pair(ttt, attn, n, dim, heads, dtype, seed):
     key = jax.random.PRNGKey(seed)
     a = ttt(dim=dim, heads=heads, key=key)
     b = attn(dim=dim, heads=heads, key=key)
-    cast = lambda m: jax.tree.map(lambda t: t.astype(dtype) if jnp.issubdtype(t.dtype, jnp.floating) else t, m)
+
+    def cast(m):
+        return jax.tree.map(lambda t: t.astype(dtype) if jnp.issubdtype(t.dtype, jnp.floating) else t, m)
+
     x = jax.random.normal(jax.random.fold_in(key, 1), (n, dim), dtype)
     return cast(a), cast(b), x
 
 
 def mttt_linear_eta1(parametrisation):
     """MTTT-Linear with eta = 1 in eq. 1's units and no biases: lr = d_h in the released units."""
+
     def make(*, dim, heads, key):
         lr = dim // heads if parametrisation == "released" else 1.0
         return layers.mttt_linear(dim=dim, heads=heads, key=key, parametrisation=parametrisation, bias=False, lr=lr)
+
     return make
 
 
@@ -37,8 +43,7 @@ def mttt_linear_eta1(parametrisation):
 @pytest.mark.parametrize("parametrisation", ["released", "paper"])
 def test_mttt_linear_is_linear_attention(n, dim, heads, dtype, tol, compiled, parametrisation):
     with jax.enable_x64(dtype == jnp.float64):
-        ttt, attn, x = _pair(mttt_linear_eta1(parametrisation), layers.linear_attention, n, dim, heads, dtype,
-                             n + dim)
+        ttt, attn, x = _pair(mttt_linear_eta1(parametrisation), layers.linear_attention, n, dim, heads, dtype, n + dim)
         assert ttt.phi.weight.dtype == dtype
         if compiled:
             ttt = tc.compile(ttt, x, passes="default")
@@ -69,6 +74,6 @@ def test_equivalence_breaks_when_it_should():
     for opts in ({"steps": 2}, {"lr": 1.0}, {"decoder_ln": True}, {"parametrisation": "paper"}):
         assert relative_error(layers.mttt_linear(dim=24, heads=3, key=key, **{**base, **opts})(x), attn(x)) > 1e-3
     biased = layers.mttt_linear(dim=24, heads=3, key=key, **{**base, "bias": True})
-    for where in (lambda m: m.phi.bias, lambda m: m.psi.bias, lambda m: m.g.bias):   # zero at init
+    for where in (lambda m: m.phi.bias, lambda m: m.psi.bias, lambda m: m.g.bias):  # zero at init
         moved = eqx.tree_at(where, biased, where(biased) + 0.1)
         assert relative_error(moved(x), attn(x)) > 1e-3

@@ -1,6 +1,7 @@
 """Reconstruction(loss_form="gram"): the decoder folded to d_h dimensions computes the same layer as
 decoding every token (loss_form="direct"), values and outer gradients, in float64; and the compiled
 program of the folded form passes translation validation."""
+
 import copy
 import dataclasses
 import os
@@ -22,12 +23,15 @@ sys.path.insert(0, os.path.dirname(__file__))
 import np_eval  # noqa: E402
 
 # (preset, options, also run the translation validator on the compiled program)
-CASES = [("mttt_mlp", {"steps": 1}, False), ("mttt_mlp", {"steps": 3}, True),
-         ("mttt_mlp", {"steps": 2, "batching": "sgd"}, True),
-         ("mttt_mlp", {"parametrisation": "paper", "decoder_ln": True, "eta": "per_token"}, False),
-         ("mttt_mlp", {"parametrisation": "paper", "decoder_ln": False, "bias": True}, False),
-         ("mttt_linear", {"steps": 2}, False),
-         ("mttt_mlp", {"steps": 2, "batching": "sgd", "token_chunk": 2}, True)]     # targets folded per chunk
+CASES = [
+    ("mttt_mlp", {"steps": 1}, False),
+    ("mttt_mlp", {"steps": 3}, True),
+    ("mttt_mlp", {"steps": 2, "batching": "sgd"}, True),
+    ("mttt_mlp", {"parametrisation": "paper", "decoder_ln": True, "eta": "per_token"}, False),
+    ("mttt_mlp", {"parametrisation": "paper", "decoder_ln": False, "bias": True}, False),
+    ("mttt_linear", {"steps": 2}, False),
+    ("mttt_mlp", {"steps": 2, "batching": "sgd", "token_chunk": 2}, True),
+]  # targets folded per chunk
 
 
 def _f64(m):
@@ -38,8 +42,9 @@ def _perturbed(m, key):
     """Every float leaf moved off its initial value (LN scale 1, zero biases) so every term counts."""
     leaves, tree = jax.tree_util.tree_flatten(m)
     keys = jax.random.split(key, len(leaves))
-    leaves = [a + 0.3 * jax.random.normal(k, a.shape, a.dtype) if eqx.is_inexact_array(a) else a
-              for a, k in zip(leaves, keys)]
+    leaves = [
+        a + 0.3 * jax.random.normal(k, a.shape, a.dtype) if eqx.is_inexact_array(a) else a for a, k in zip(leaves, keys)
+    ]
     return jax.tree_util.tree_unflatten(tree, leaves)
 
 
@@ -76,8 +81,11 @@ def test_folded_error_is_the_decoded_error(ln):
         norm = None
         if ln:
             norm = eqx.nn.LayerNorm(d, eps=1e-3, dtype=jnp.float64)
-            norm = eqx.tree_at(lambda n: (n.weight, n.bias), norm,
-                               (jax.random.normal(k[2], (d,), jnp.float64), jax.random.normal(k[3], (d,), jnp.float64)))
+            norm = eqx.tree_at(
+                lambda n: (n.weight, n.bias),
+                norm,
+                (jax.random.normal(k[2], (d,), jnp.float64), jax.random.normal(k[3], (d,), jnp.float64)),
+            )
         z = jax.random.normal(k[4], (5, dh), jnp.float64)
         x = jax.random.normal(k[5], (5, d), jnp.float64)
         dec, maps = fold_decoder(G, c, norm)

@@ -16,6 +16,7 @@ Measured on this CPU (2026-12-01, presets in the released parametrisation; "bflo
 bf16 has an 8-bit mantissa (unit roundoff 3.9e-3), so outputs and gradients agree to about two
 roundoffs. The bound below, 2e-2, is 2.5 times the largest measured figure.
 """
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -31,7 +32,7 @@ CASES = {  # name -> (preset, options, output bound, gradient bound)
     "mttt_mlp_sgd4": ("mttt_mlp", {"steps": 4, "batching": "sgd"}, 2e-2, 2e-2),
     "mttt_linear_online16": ("mttt_linear", {"batching": "online", "chunk": 16, "lr": 0.1}, 2e-2, 2e-2),
 }
-SLOW = {"mttt_mlp_sgd4", "mttt_linear_online16"}   # ~1-2 min each on the shared 2-core machine
+SLOW = {"mttt_mlp_sgd4", "mttt_linear_online16"}  # ~1-2 min each on the shared 2-core machine
 
 
 def _flat(tree):
@@ -52,6 +53,7 @@ def _value_and_grads(model, x):
 
 def _loop(closed):
     """The first ttt_loop equation of a traced program (looking inside sub-jaxprs)."""
+
     def find(jaxpr):
         for eqn in jaxpr.eqns:
             if eqn.primitive is ttt_loop_p:
@@ -61,6 +63,7 @@ def _loop(closed):
                 if found is not None:
                     return found
         return None
+
     return find(closed.jaxpr)
 
 
@@ -68,7 +71,7 @@ def _dtypes(prog):
     """(dtypes of the loop's carry, dtypes of the loop body's matmul operands) in the traced program."""
     eqn = _loop(prog.stages[0][1])
     li = info(eqn.params)
-    carry = {str(v.aval.dtype) for v in eqn.invars[li.num_consts:li.num_consts + li.num_carry]}
+    carry = {str(v.aval.dtype) for v in eqn.invars[li.num_consts : li.num_consts + li.num_carry]}
     dots = {str(v.aval.dtype) for e in li.body.jaxpr.eqns if e.primitive.name == "dot_general" for v in e.invars}
     return carry, dots
 
@@ -114,7 +117,7 @@ def test_compile_option_inner_dtype_overrides_every_layer_of_a_model():
     option = tc.compile(layer, x, inner_dtype="mixed")
     assert str(option.jaxpr) == str(built.jaxpr)
     assert _dtypes(option) == ({"float32"}, {"bfloat16"})
-    assert layer.inner.dtype is None                     # the user's layer is not changed
+    assert layer.inner.dtype is None  # the user's layer is not changed
 
     class Two(eqx.Module):
         a: tc.TTTLayer
@@ -122,14 +125,17 @@ def test_compile_option_inner_dtype_overrides_every_layer_of_a_model():
 
         def __call__(self, x):
             return self.b(self.a(x))
+
     model = Two(layer, layers.mttt_mlp(dim=D, heads=H, key=key))
     loops = []
     for eqn in tc.compile(model, x, inner_dtype="bfloat16", passes=[]).stages[0][1].jaxpr.eqns:
         if eqn.primitive is ttt_loop_p:
             li = info(eqn.params)
-            loops.append({str(v.aval.dtype) for v in eqn.invars[li.num_consts:li.num_consts + li.num_carry]})
+            loops.append({str(v.aval.dtype) for v in eqn.invars[li.num_consts : li.num_consts + li.num_carry]})
     assert loops == [{"bfloat16"}, {"bfloat16"}]
-    with pytest.raises(tc.SpecError, match=r"inner_dtype must be None or one of 'float32', 'bfloat16', 'mixed', got 'fp8'"):
+    with pytest.raises(
+        tc.SpecError, match=r"inner_dtype must be None or one of 'float32', 'bfloat16', 'mixed', got 'fp8'"
+    ):
         tc.compile(layer, x, inner_dtype="fp8")
     with pytest.raises(tc.SpecError, match=r"holds no parametric TTTLayer; drop inner_dtype"):
         tc.compile(layers.linear_attention(dim=D, heads=H, key=key), x, inner_dtype="bfloat16")

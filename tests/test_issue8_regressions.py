@@ -3,6 +3,7 @@
 Each test compiles a plain program the way a user writes it and checks the compiled program against
 the numbers the un-compiled one gives (values and outer gradients, float64).
 """
+
 import os
 import sys
 
@@ -20,8 +21,13 @@ sys.path.insert(0, os.path.dirname(__file__))
 import np_eval  # noqa: E402
 
 KEY = jax.random.PRNGKey(0)
-PIPELINES = ["none", "default", ["simplify"], ["fold_zero_init", "simplify"], ["unroll", "fold_zero_init", "simplify",
-                                                                                "cse", "dce"]]
+PIPELINES = [
+    "none",
+    "default",
+    ["simplify"],
+    ["fold_zero_init", "simplify"],
+    ["unroll", "fold_zero_init", "simplify", "cse", "dce"],
+]
 
 
 @pytest.fixture(autouse=True)
@@ -108,8 +114,11 @@ def test_custom_vjp_around_a_layer_keeps_its_backward_rule(passes):
     r = jax.random.normal(jax.random.PRNGKey(1), y.shape, y.dtype)
     plain = eqx.filter_grad(lambda m: jnp.sum(jnp.sin(m(x)) * r))(PlainLayer(layer))
     got = eqx.filter_grad(lambda m: jnp.sum(jnp.sin(m(x)) * r))(compiled)
-    for a, b in zip(jax.tree_util.tree_leaves(eqx.filter(got, eqx.is_inexact_array)),
-                    jax.tree_util.tree_leaves(eqx.filter(plain, eqx.is_inexact_array)), strict=True):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(eqx.filter(got, eqx.is_inexact_array)),
+        jax.tree_util.tree_leaves(eqx.filter(plain, eqx.is_inexact_array)),
+        strict=True,
+    ):
         np.testing.assert_allclose(a, 0.5 * b, rtol=1e-10, atol=1e-12)
 
 
@@ -125,8 +134,14 @@ class ReluLearner(eqx.Module):
 
 @pytest.mark.parametrize("passes", PIPELINES)
 def test_relu_inside_a_learner(passes):
-    layer = tc.TTTLayer(6, 2, ReluLearner(jax.random.normal(KEY, (3, 3))), init="learned",
-                        inner=tc.Inner(steps=2, optimizer=optax.sgd(0.3)), key=KEY)
+    layer = tc.TTTLayer(
+        6,
+        2,
+        ReluLearner(jax.random.normal(KEY, (3, 3))),
+        init="learned",
+        inner=tc.Inner(steps=2, optimizer=optax.sgd(0.3)),
+        key=KEY,
+    )
     assert_same_program(layer, jax.random.normal(jax.random.PRNGKey(2), (5, 6)), passes)
 
 
@@ -138,8 +153,7 @@ class ReluOutside(eqx.Module):
         return self.layer(jax.nn.relu(self.w * x))
 
 
-@pytest.mark.parametrize("passes", [*PIPELINES, ["dce"], ["cse"], ["lower"], ["remat"], ["sgd_batch"],
-                                    ["dual_form"]])
+@pytest.mark.parametrize("passes", [*PIPELINES, ["dce"], ["cse"], ["lower"], ["remat"], ["sgd_batch"], ["dual_form"]])
 def test_relu_outside_any_layer(passes):
     model = ReluOutside(layers.mttt_linear(dim=6, heads=2, key=KEY), jnp.linspace(-1.0, 1.0, 6))
     assert_same_program(model, jax.random.normal(KEY, (5, 6)), passes)
@@ -147,8 +161,9 @@ def test_relu_outside_any_layer(passes):
 
 @pytest.mark.parametrize("passes", PIPELINES)
 def test_inner_learning_rate_schedule(passes):
-    layer = layers.mttt_linear(dim=6, heads=2, key=KEY, steps=3,
-                               optimizer=optax.sgd(optax.exponential_decay(0.5, 1, 0.5)))
+    layer = layers.mttt_linear(
+        dim=6, heads=2, key=KEY, steps=3, optimizer=optax.sgd(optax.exponential_decay(0.5, 1, 0.5))
+    )
     assert_same_program(layer, jax.random.normal(KEY, (5, 6)), passes)
 
 
@@ -175,7 +190,7 @@ def test_layer_under_cond_or_switch(passes, wrapper):
     k1, k2 = jax.random.split(KEY)
     model = wrapper(layers.mttt_linear(dim=6, heads=2, key=k1, steps=2), layers.mttt_mlp(dim=6, heads=2, key=k2))
     x = jax.random.normal(KEY, (5, 6))
-    for sign in (1.0, -1.0):                      # both branches, each traced for the same shapes
+    for sign in (1.0, -1.0):  # both branches, each traced for the same shapes
         xs = sign * jnp.abs(x)
         assert_same_program(model, xs, passes)
 
@@ -202,11 +217,11 @@ def test_pass_option_of_the_wrong_type_is_a_spec_error():
 
 # ------------------------------------------------------------------ traps
 def test_zero_init_with_a_non_zero_learner_is_a_spec_error():
-    learner = tc.learners.Linear(4, key=KEY)            # W ~ N(0, 1/4): not zero
+    learner = tc.learners.Linear(4, key=KEY)  # W ~ N(0, 1/4): not zero
     with pytest.raises(tc.SpecError, match="learned"):
         tc.TTTLayer(4, 1, learner, init="zero", key=KEY)
-    tc.TTTLayer(4, 1, tc.learners.Linear(4), init="zero", key=KEY)       # zeros: fine
-    tc.TTTLayer(4, 1, learner, init="learned", key=KEY)                  # learned W0: fine
+    tc.TTTLayer(4, 1, tc.learners.Linear(4), init="zero", key=KEY)  # zeros: fine
+    tc.TTTLayer(4, 1, learner, init="learned", key=KEY)  # learned W0: fine
 
 
 class GatedLinear(eqx.Module):
@@ -222,8 +237,9 @@ class GatedLinear(eqx.Module):
 @pytest.mark.parametrize("passes", PIPELINES)
 def test_outer_parameter_of_a_learner(passes):
     learner = GatedLinear(jnp.zeros((3, 3)), jnp.linspace(0.5, 1.5, 3))
-    layer = tc.TTTLayer(6, 2, learner, init="zero", outer=lambda f: f.gate,
-                        inner=tc.Inner(steps=2, optimizer=optax.sgd(0.5)), key=KEY)
+    layer = tc.TTTLayer(
+        6, 2, learner, init="zero", outer=lambda f: f.gate, inner=tc.Inner(steps=2, optimizer=optax.sgd(0.5)), key=KEY
+    )
     x = jax.random.normal(KEY, (5, 6))
     assert_same_program(layer, x, passes)
     # the gate is trained by the outer loop (a non-zero gradient), and changing it changes the output

@@ -1,5 +1,6 @@
 """The causal LM: token-by-token decode (O(D) state) equals the chunked prefill; clear errors; the
 embedded synthetic corpus."""
+
 import functools
 
 import equinox as eqx
@@ -10,10 +11,10 @@ import pytest
 
 import ttt_compile as tc
 from ttt_compile.configs import load_config
-from ttt_compile.training import make_task, text
 from ttt_compile.models import layers
 from ttt_compile.models.causal import causal_linear_attention
 from ttt_compile.models.lm import TTTState, causal_lm
+from ttt_compile.training import make_task, text
 
 KEY = jax.random.PRNGKey(0)
 #: The default pipeline with the dual form placed before the passes that consume the loop.
@@ -32,11 +33,19 @@ MIXERS = {
 FAST = {"mttt_linear_b4", "mttt_mlp_b3", "linear_attention_chunked_elu1", "softmax"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lm(mixer, depth=2, max_len=16):
     """One model per configuration for the whole module (building one compiles its random inits)."""
-    return causal_lm(vocab=VOCAB, width=WIDTH, depth=depth, heads=HEADS, max_len=max_len, mixer=MIXERS[mixer],
-                     prev_token=True, key=KEY)
+    return causal_lm(
+        vocab=VOCAB,
+        width=WIDTH,
+        depth=depth,
+        heads=HEADS,
+        max_len=max_len,
+        mixer=MIXERS[mixer],
+        prev_token=True,
+        key=KEY,
+    )
 
 
 @eqx.filter_jit
@@ -68,8 +77,8 @@ def test_ttt_decode_state_is_constant_size_and_holds_chunk_start_weights():
     shapes = jax.tree.map(jnp.shape, state)
     for t in range(6):
         _, state = step(model, state, IDS[t])
-        assert jax.tree.map(jnp.shape, state) == shapes               # O(D): no growth with t
-    assert int(state.t) == 6 and int(state.layers[0].p) == 2          # 6 = one chunk of 4 + 2
+        assert jax.tree.map(jnp.shape, state) == shapes  # O(D): no growth with t
+    assert int(state.t) == 6 and int(state.layers[0].p) == 2  # 6 = one chunk of 4 + 2
 
 
 def test_compiled_lm_prefill_equals_the_reference_and_the_decode():
@@ -79,8 +88,9 @@ def test_compiled_lm_prefill_equals_the_reference_and_the_decode():
     assert "dual form for" in notes
     np.testing.assert_allclose(prefill(prog, IDS), prefill(model, IDS), rtol=1e-4, atol=1e-4)
     batch = jnp.stack([IDS, IDS[::-1]])
-    np.testing.assert_allclose(eqx.filter_jit(lambda p, b: jax.vmap(p)(b))(prog, batch)[1], prefill(model, IDS[::-1]),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        eqx.filter_jit(lambda p, b: jax.vmap(p)(b))(prog, batch)[1], prefill(model, IDS[::-1]), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_decoding_past_max_len_is_a_clear_error():
@@ -96,9 +106,13 @@ def test_decoding_past_max_len_is_a_clear_error():
 def test_a_state_of_another_model_is_a_clear_error():
     model = lm("mttt_linear_b4")
 
-    def shapes_only(**kw):        # the other models' shapes suffice: their states are built from static sizes
-        return eqx.filter_eval_shape(lambda: causal_lm(**{**dict(vocab=VOCAB, width=WIDTH, depth=2, heads=HEADS,
-                                                                 max_len=16, prev_token=True, key=KEY), **kw}))
+    def shapes_only(**kw):  # the other models' shapes suffice: their states are built from static sizes
+        return eqx.filter_eval_shape(
+            lambda: causal_lm(
+                **{**dict(vocab=VOCAB, width=WIDTH, depth=2, heads=HEADS, max_len=16, prev_token=True, key=KEY), **kw}
+            )
+        )
+
     wider = shapes_only(width=2 * WIDTH, mixer=MIXERS["mttt_linear_b4"])
     with pytest.raises(ValueError, match=r"decode state leaf .* has shape \(2, 16, 16\)"):
         model.step(wider.init_state(), IDS[0])
@@ -108,11 +122,25 @@ def test_a_state_of_another_model_is_a_clear_error():
 
 def test_a_non_causal_mixer_is_refused():
     with pytest.raises(tc.SpecError, match="batching='online'"):
-        causal_lm(vocab=VOCAB, width=WIDTH, depth=1, heads=HEADS, max_len=8, key=KEY,
-                  mixer=lambda **kw: layers.mttt_linear(**kw))
+        causal_lm(
+            vocab=VOCAB,
+            width=WIDTH,
+            depth=1,
+            heads=HEADS,
+            max_len=8,
+            key=KEY,
+            mixer=lambda **kw: layers.mttt_linear(**kw),
+        )
     with pytest.raises(tc.SpecError, match="causal=True"):
-        causal_lm(vocab=VOCAB, width=WIDTH, depth=1, heads=HEADS, max_len=8, key=KEY,
-                  mixer=lambda **kw: layers.self_attention(**kw))
+        causal_lm(
+            vocab=VOCAB,
+            width=WIDTH,
+            depth=1,
+            heads=HEADS,
+            max_len=8,
+            key=KEY,
+            mixer=lambda **kw: layers.self_attention(**kw),
+        )
 
 
 @pytest.mark.slow
@@ -120,7 +148,7 @@ def test_generate_continues_a_prompt_with_the_decode_path():
     model = lm("mttt_linear_b4")
     out = model.generate(IDS[:4], 5, key=KEY, temperature=0.0)
     assert out.shape == (5,)
-    want = jnp.argmax(prefill(model, jnp.concatenate([IDS[:4], out[:4]]))[3:], axis=-1)   # greedy = argmax
+    want = jnp.argmax(prefill(model, jnp.concatenate([IDS[:4], out[:4]]))[3:], axis=-1)  # greedy = argmax
     np.testing.assert_array_equal(out, want)
 
 
@@ -142,8 +170,9 @@ def test_char_vocab_and_windows():
     assert w.shape == (4, 33)
     with pytest.raises(ValueError, match="not in the vocabulary"):
         vocab.encode("\u00e9")
-    config = load_config("lm_linear_attention").replace(seq_len=32, width=16, heads=2, depth=1,
-                                                         layer_options={"chunk": 8})
+    config = load_config("lm_linear_attention").replace(
+        seq_len=32, width=16, heads=2, depth=1, layer_options={"chunk": 8}
+    )
     assert make_task(config).build(KEY).vocab == vocab.size
 
 
@@ -151,13 +180,26 @@ def test_the_lm_task_trains_through_the_one_trainer(tmp_path):
     from ttt_compile.training import read_metrics, train
 
     config = load_config("lm_mttt_linear").replace(
-        seq_len=32, width=16, heads=2, depth=1, mlp_dim=32, layer_options={"batching": "online", "chunk": 8, "lr": 0.1},
-        batch_size=4, eval_batch_size=4, eval_examples=8, steps=2, warmup_steps=1, log_every=1, eval_every=2,
-        checkpoint_every=2)
+        seq_len=32,
+        width=16,
+        heads=2,
+        depth=1,
+        mlp_dim=32,
+        layer_options={"batching": "online", "chunk": 8, "lr": 0.1},
+        batch_size=4,
+        eval_batch_size=4,
+        eval_examples=8,
+        steps=2,
+        warmup_steps=1,
+        log_every=1,
+        eval_every=2,
+        checkpoint_every=2,
+    )
     out = train(config, workdir=tmp_path, verbose=False, plots=False)
     test = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["split"] == "test"][-1]
-    assert np.isclose(test["perplexity"], np.exp(test["loss"])) and np.isclose(test["bits_per_token"],
-                                                                                 test["loss"] / np.log(2))
-    assert out["test_loss"] < np.log(text.CharVocab.of(text.load()).size) + 1.0   # near uniform or better
+    assert np.isclose(test["perplexity"], np.exp(test["loss"])) and np.isclose(
+        test["bits_per_token"], test["loss"] / np.log(2)
+    )
+    assert out["test_loss"] < np.log(text.CharVocab.of(text.load()).size) + 1.0  # near uniform or better
     names = make_task(config).stage_names(out["model"])
     assert names == ["embed", "blocks[0].mixer (layer mttt_linear)", "blocks[0].mlp", "head"]

@@ -1,5 +1,6 @@
 """Nested learning: ttt_loop's AD rules keep derived loops ttt_loops; a learner holding a TTT layer
 compiles and validates at every level (float64 values and outer gradients)."""
+
 import importlib.util
 import json
 import os
@@ -47,7 +48,7 @@ def loops(jaxpr, level=0):
 
 # --------------------------------------------------------------------------- AD rules
 def _step(consts, carry, x):
-    A, = consts
+    (A,) = consts
     W, m = carry
     g = jnp.tanh(W @ x)[:, None] * x[None, :] + A
     m = 0.5 * m + g
@@ -59,11 +60,12 @@ def _program(A, W0, xs, *, emit, reverse=False):
     carry0 = (W0, jnp.zeros_like(W0))
     if emit:
         with emitting():
-            (W, m), ys = ttt_loop(_step, (A,), carry0, xs, steps=xs.shape[0], schedule="full",
-                                  init="learned", num_weights=1)
+            (W, m), ys = ttt_loop(
+                _step, (A,), carry0, xs, steps=xs.shape[0], schedule="full", init="learned", num_weights=1
+            )
     else:
         (W, m), ys = lax.scan(lambda c, x: _step((A,), c, x), carry0, xs)
-    return jnp.sum(W ** 2) + jnp.sum(ys * ys) + jnp.sum(jnp.cos(m))
+    return jnp.sum(W**2) + jnp.sum(ys * ys) + jnp.sum(jnp.cos(m))
 
 
 def _inputs():
@@ -81,7 +83,8 @@ TRANSFORMS = {
     "jit_grad": lambda f, a: jax.jit(jax.grad(f, argnums=1))(*a),
     "checkpoint_grad": lambda f, a: jax.grad(jax.checkpoint(f), argnums=1)(*a),
     "vmap_grad": lambda f, a: jax.vmap(jax.grad(f, argnums=1), in_axes=(None, 0, None))(
-        a[0], jnp.stack([a[1], 2 * a[1]]), a[2]),
+        a[0], jnp.stack([a[1], 2 * a[1]]), a[2]
+    ),
 }
 
 
@@ -151,8 +154,11 @@ def test_two_level_preset_validates_and_matches_mlp_parameter_count():
     layer; the default passes keep values and outer gradients (float64), every nested loop is gone, and
     its parameter count is MTTT-MLP's plus the inner layer's outer maps (< 1% more at d_h = 32)."""
     from ttt_compile.models import layers
+
     with jax.enable_x64(True):
-        kw = dict(dim=16, heads=2, key=jax.random.PRNGKey(0), batching="online", chunk=4, lr=0.05, parametrisation="paper")
+        kw = dict(
+            dim=16, heads=2, key=jax.random.PRNGKey(0), batching="online", chunk=4, lr=0.05, parametrisation="paper"
+        )
         layer = layers.mttt_nested(sub=4, **kw)
         x = jax.random.normal(jax.random.PRNGKey(1), (8, 16), jnp.float64)
         prog = tc.compile(layer, x)
@@ -177,10 +183,12 @@ def test_every_pass_reaches_the_nested_level_and_notes_name_it():
         layer = ex.make_layer(key=jax.random.PRNGKey(0), inner_steps=2)
         x = jax.random.normal(jax.random.PRNGKey(1), (5, 8), jnp.float64)
         prog = tc.compile(layer, x, passes=["remat", "unroll", "fold_zero_init", "simplify", "dce"])
-        forced = tc.compile(layer, x, passes=[("remat", {"scheme": "step"}), "unroll", "fold_zero_init", "simplify", "dce"])
+        forced = tc.compile(
+            layer, x, passes=[("remat", {"scheme": "step"}), "unroll", "fold_zero_init", "simplify", "dce"]
+        )
         v = np_eval.compare(layer, prog, x)
         v_forced = np_eval.compare(layer, forced, x)
-        report = forced.report()           # measures costs: float64 programs, in float64 mode
+        report = forced.report()  # measures costs: float64 programs, in float64 mode
     assert v.ok(1e-10) and v_forced.ok(1e-10), (v, v_forced)
     stage = {n: j for n, j, _ in prog.pipeline}
     notes = dict(prog.notes)
@@ -188,17 +196,22 @@ def test_every_pass_reaches_the_nested_level_and_notes_name_it():
     # program stores <= 2x the T=1 program's bytes here, so they are not rematerialised)
     assert [e.params["remat"] for e in _all_loops(stage["remat"])] == [None, "step", "step", None]
     assert sum("not rematerialised" in n for n in notes["remat"]) == 2, notes["remat"]
-    assert any(n.startswith("[level 1, in inner full loop T=2] forward full loop, T=2, scheme step")
-               for n in notes["remat"]), notes["remat"]
+    assert any(
+        n.startswith("[level 1, in inner full loop T=2] forward full loop, T=2, scheme step") for n in notes["remat"]
+    ), notes["remat"]
     # a forced scheme reaches every level; unroll keeps rematerialised loops, fold_zero_init peels inside them
     notes = dict(forced.notes)
     assert [e.params["remat"] for e in _all_loops(dict((n, j) for n, j, _ in forced.pipeline)["remat"])] == ["step"] * 4
-    assert any(n.startswith("[level 1, in inner full loop T=2] forward full loop, T=2, scheme step (forced)")
-               for n in notes["remat"]), notes["remat"]
-    assert any(n.startswith("[level 1, in inner full loop T=2] forward full loop T=2: first step")
-               for n in notes["fold_zero_init"]), notes["fold_zero_init"]
+    assert any(
+        n.startswith("[level 1, in inner full loop T=2] forward full loop, T=2, scheme step (forced)")
+        for n in notes["remat"]
+    ), notes["remat"]
+    assert any(
+        n.startswith("[level 1, in inner full loop T=2] forward full loop T=2: first step")
+        for n in notes["fold_zero_init"]
+    ), notes["fold_zero_init"]
     assert "loops: inner full T=2 { forward full T=2, transpose reversed full T=2 }, inner full T=2" in report
-    assert report.count("FLOPs by loop level: level 0 ") == 1 and ", level 2 " in report   # the traced stage
+    assert report.count("FLOPs by loop level: level 0 ") == 1 and ", level 2 " in report  # the traced stage
     assert "loops: inner full T=2 { forward full T=1, transpose reversed full T=2 }, inner full T=1" in report
 
 
@@ -226,13 +239,13 @@ def _all_loops(jaxpr):
 
 # --------------------------------------------------------------------------- cost of nested loops
 def _inner_step(consts, carry, x):
-    A, = consts
-    W, = carry
+    (A,) = consts
+    (W,) = carry
     return (jnp.tanh(W @ A) + x,), None
 
 
 def _outer_step(consts, carry, x):
-    A, = consts
+    (A,) = consts
     (W,), _ = ttt_loop(_inner_step, (A,), carry, x, steps=4, schedule="full", init="learned", num_weights=1)
     return (W @ A,), None
 
@@ -246,6 +259,7 @@ def test_cost_multiplies_nested_trip_counts():
     """3 outer steps x (4 inner steps + 1) matmuls of 32^3: Cost of the nested scans equals the FLOPs of
     the fully unrolled program (XLA alone counts each loop body once)."""
     from ttt_compile import cost
+
     d = 32
     A, V0, xs = jnp.ones((d, d)), jnp.ones((d, d)), jnp.ones((3, 4, d, d))
     with emitting():
@@ -254,13 +268,13 @@ def test_cost_multiplies_nested_trip_counts():
     scans, unrolled = P.lower(closed), P.unroll(closed)
     assert not contains_loop(unrolled)
     nested, flat = cost.measure(scans).flops, cost.measure(unrolled).flops
-    dots = 3 * (4 + 1) * 2 * d ** 3
+    dots = 3 * (4 + 1) * 2 * d**3
     assert dots <= flat and abs(nested - flat) <= 1e-3 * flat, (nested, flat)
-    assert cost._xla(scans)[0] < 0.3 * nested                 # what XLA reports without trip counts
+    assert cost._xla(scans)[0] < 0.3 * nested  # what XLA reports without trip counts
     # by level: the 12 inner steps' matmuls at level 2, the 3 outer steps' W @ A at level 1, nothing outside
     levels = cost.by_level(closed)
     assert len(levels) == 3 and abs(sum(levels) - nested) <= 1e-6 * nested, (levels, nested)
-    assert 12 * 2 * d ** 3 <= levels[2] <= 1.05 * 12 * 2 * d ** 3 and 3 * 2 * d ** 3 <= levels[1] <= 1.05 * 3 * 2 * d ** 3
+    assert 12 * 2 * d**3 <= levels[2] <= 1.05 * 12 * 2 * d**3 and 3 * 2 * d**3 <= levels[1] <= 1.05 * 3 * 2 * d**3
     assert levels[0] <= 0.01 * nested, levels
     # the outer gradient: forward and transposed loops nested in both loops, per-step residual stacking
     nested_g, flat_g = cost.measure(P.lower(grad)).flops, cost.measure(P.unroll(grad)).flops
@@ -269,15 +283,16 @@ def test_cost_multiplies_nested_trip_counts():
 
 def test_inspect_shows_the_nesting(capsys, monkeypatch):
     from ttt_compile.cli import main
+
     monkeypatch.syspath_prepend(str(EXAMPLE.parent))
     argv = ["inspect", "nested_learner:make_layer", "--dim", "8", "--heads", "2", "--seq", "4", "--steps", "2"]
     assert main([*argv, "--passes", "remat,lower", "--json"]) == 0
     stages = json.loads(capsys.readouterr().out)["stages"]
     assert [s["loops"] for s in stages] == [
-        "inner full T=2 { forward full T=1, transpose reversed full T=1 }, inner full T=1"] * 2 + [""]
+        "inner full T=2 { forward full T=1, transpose reversed full T=1 }, inner full T=1"
+    ] * 2 + [""]
     assert main([*argv, "--passes", "unroll"]) == 0
     assert "loops: inner full T=2 { forward full T=1, transpose reversed full T=1 }" in capsys.readouterr().out
-
 
 
 @pytest.mark.slow
@@ -285,15 +300,42 @@ def test_generated_nested_program_with_symbolic_zero_loop_operands():
     """A generated program (default run, seed 20261201) whose peeled init='zero' outer step handed
     symbolic zeros to a nested loop's operands in fold_zero_init (they reached ttt_loop's bind)."""
     import sys
+
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
     import program_gen as G
     import test_validate_generated as V
-    spec = G.LayerSpec(heads=2, dh=3, steps=5, batching="online", chunk=7, init="zero", decoder_ln=True,
-                       optimizer="clip_sgd", schedule="cosine", lr=0.5,
-                       ops=(("ttt", "full", 2), ("linear",), ("index", "affine"), ("act", "softplus"),
-                            ("act", "half_grad")), outer=(), eta="fixed", released=True)
-    nw = G.LayerSpec(heads=2, dh=3, steps=1, batching="full", chunk=1, init="zero", decoder_ln=True,
-                     optimizer="sgd", schedule="const", lr=1.0, ops=(G.NADARAYA_WATSON,), outer=(), eta="fixed",
-                     released=True)
+
+    spec = G.LayerSpec(
+        heads=2,
+        dh=3,
+        steps=5,
+        batching="online",
+        chunk=7,
+        init="zero",
+        decoder_ln=True,
+        optimizer="clip_sgd",
+        schedule="cosine",
+        lr=0.5,
+        ops=(("ttt", "full", 2), ("linear",), ("index", "affine"), ("act", "softplus"), ("act", "half_grad")),
+        outer=(),
+        eta="fixed",
+        released=True,
+    )
+    nw = G.LayerSpec(
+        heads=2,
+        dh=3,
+        steps=1,
+        batching="full",
+        chunk=1,
+        init="zero",
+        decoder_ln=True,
+        optimizer="sgd",
+        schedule="const",
+        lr=1.0,
+        ops=(G.NADARAYA_WATSON,),
+        outer=(),
+        eta="fixed",
+        released=True,
+    )
     program = G.Program(kind="stack", layers=(spec, nw), n=7, wrapper=None, int_side=True, seed=170943)
     assert V.check(program, ["fold_zero_init"]) == []

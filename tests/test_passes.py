@@ -1,16 +1,18 @@
 """Each pass: the exact rewrite on a tiny jaxpr, its 'did not apply' note, and translation
 validation (values and outer gradients) of every pass and pipeline over random layer specs."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import ttt_compile as tc
 from ttt_compile import passes as P
-from ttt_compile.models import layers
 from ttt_compile.ir.primitive import contains_loop, ttt_loop_p
+from ttt_compile.models import layers
 
 KEY = jax.random.PRNGKey(0)
 
@@ -33,17 +35,21 @@ def agree(a, b, *args):
 
 def toy_loop(steps, schedule="full", init="zero"):
     """A ttt_loop with fast weights W (3x3): W <- W - 0.1 * grad 1/2||W k - x||^2, then W q."""
+
     def layer(k, q, x):
         def step(consts, carry, xt):
             kk, xx = consts if xt is None else xt
             (W,) = carry
             g = jax.grad(lambda W: 0.5 * jnp.sum((kk @ W.T - xx) ** 2))(W)
             return (W - 0.1 * g,), None
+
         xs = None if schedule == "full" else (k.reshape(steps, -1, 3), x.reshape(steps, -1, 3))
         consts = (k, x) if schedule == "full" else ()
-        (W,), _ = tc.ttt_loop(step, consts, (jnp.zeros((3, 3)),), xs, steps=steps, schedule=schedule,
-                              init=init, num_weights=1)
+        (W,), _ = tc.ttt_loop(
+            step, consts, (jnp.zeros((3, 3)),), xs, steps=steps, schedule=schedule, init=init, num_weights=1
+        )
         return q @ W.T
+
     args = [jax.random.normal(jax.random.PRNGKey(i), (4, 3)) for i in range(3)]
     with tc.emitting():
         return jax.make_jaxpr(layer)(*args), args
@@ -52,11 +58,12 @@ def toy_loop(steps, schedule="full", init="zero"):
 # ------------------------------------------------------------------ exact rewrites on tiny jaxprs
 def test_fold_zero_init_rewrite():
     closed = jax.make_jaxpr(lambda x, A: (jnp.zeros(3) * x + x, jnp.zeros((2, 3)) @ x + A @ x))(
-        jnp.ones(3), jnp.ones((2, 3)))
+        jnp.ones(3), jnp.ones((2, 3))
+    )
     out, notes = run(P.fold_zero_init, closed)
     assert "mul" in prims(closed) and "mul" not in prims(out)
-    assert prims(out).count("dot_general") == 1                   # dot with zeros is gone
-    assert out.jaxpr.outvars[0] is out.jaxpr.invars[0]            # 0*x + x  ->  x
+    assert prims(out).count("dot_general") == 1  # dot with zeros is gone
+    assert out.jaxpr.outvars[0] is out.jaxpr.invars[0]  # 0*x + x  ->  x
     assert any("assumes finite values" in n for n in notes)
     agree(closed, out, jnp.arange(3.0), jnp.ones((2, 3)))
 
@@ -79,12 +86,12 @@ def test_fold_zero_init_does_not_apply_without_zeros():
 
 
 def test_simplify_rewrite():
-    closed = jax.make_jaxpr(lambda x: (-(-x)) * 2.0 * 0.5)(jnp.ones(3))
+    closed = jax.make_jaxpr(lambda x: (-(-x)) * 2.0 * 0.5)(jnp.ones(3))  # noqa: B002 (a double negation to remove)
     out, _ = run(P.simplify, closed)
     assert prims(out) == [] and out.jaxpr.outvars[0] is out.jaxpr.invars[0]
     closed = jax.make_jaxpr(lambda x: jnp.transpose(jnp.transpose(x * 3.0)) * 2.0)(jnp.ones((2, 3)))
     out, _ = run(P.simplify, closed)
-    assert prims(out) == ["mul"]                                  # one multiply by 6, no transposes
+    assert prims(out) == ["mul"]  # one multiply by 6, no transposes
     agree(closed, out, jnp.arange(6.0).reshape(2, 3))
 
 
@@ -102,13 +109,14 @@ def test_simplify_adds_a_negated_operand_as_a_subtraction():
 
 
 def test_simplify_contracts_a_broadcast_operand_once():
-    def f(x, G):      # every head reads the same tokens x: vmap leaves a broadcast copy per head
+    def f(x, G):  # every head reads the same tokens x: vmap leaves a broadcast copy per head
         return jax.vmap(lambda g: x @ g, in_axes=0)(G)
+
     x, G = jnp.ones((5, 4)), jnp.ones((3, 4, 2))
     closed = jax.make_jaxpr(lambda x, G: jnp.einsum("hnd,hdk->hnk", jnp.broadcast_to(x, (3, 5, 4)), G))(x, G)
     out, _ = run(P.simplify, closed)
     dots = [e for e in out.jaxpr.eqns if e.primitive.name == "dot_general"]
-    assert dots and dots[0].params["dimension_numbers"][1] == ((), ())   # no batch axis left
+    assert dots and dots[0].params["dimension_numbers"][1] == ((), ())  # no batch axis left
     assert "broadcast_in_dim" not in prims(out)
     agree(closed, out, jax.random.normal(KEY, (5, 4)), jax.random.normal(KEY, (3, 4, 2)))
     assert f is not None
@@ -172,10 +180,20 @@ def test_available_lists_every_pass_with_a_doc():
 
 
 # ------------------------------------------------------------------ translation validation
-PIPELINES = [["unroll"], ["lower"], ["dce"], ["fold_zero_init"], ["simplify"], ["cse"], ["remat"],
-             ["sgd_batch"], ["unroll", "fold_zero_init", "simplify", "cse", "dce"],
-             [("remat", {"scheme": "log"}), "lower"], [("remat", {"scheme": "sqrt"}), "unroll"],
-             "default"]
+PIPELINES = [
+    ["unroll"],
+    ["lower"],
+    ["dce"],
+    ["fold_zero_init"],
+    ["simplify"],
+    ["cse"],
+    ["remat"],
+    ["sgd_batch"],
+    ["unroll", "fold_zero_init", "simplify", "cse", "dce"],
+    [("remat", {"scheme": "log"}), "lower"],
+    [("remat", {"scheme": "sqrt"}), "unroll"],
+    "default",
+]
 
 
 @st.composite
@@ -186,10 +204,16 @@ def specs(draw):
     batching = draw(st.sampled_from(["full", "sgd", "online"]))
     steps = draw(st.sampled_from([s for s in (1, 2, 3, 4) if batching != "sgd" or n % s == 0]))
     chunk = draw(st.sampled_from([c for c in (1, 2, 4) if n % c == 0]))
-    opts = dict(steps=steps, batching=batching, chunk=chunk, lr=draw(st.sampled_from([0.05, 1.0])),
-                init=draw(st.sampled_from(["zero", "learned"])), decoder_ln=draw(st.booleans()),
-                parametrisation=draw(st.sampled_from(["released", "paper"])),
-                eta=draw(st.sampled_from(["fixed", "per_head", "per_token"])))
+    opts = dict(
+        steps=steps,
+        batching=batching,
+        chunk=chunk,
+        lr=draw(st.sampled_from([0.05, 1.0])),
+        init=draw(st.sampled_from(["zero", "learned"])),
+        decoder_ln=draw(st.booleans()),
+        parametrisation=draw(st.sampled_from(["released", "paper"])),
+        eta=draw(st.sampled_from(["fixed", "per_head", "per_token"])),
+    )
     if draw(st.booleans()):
         opts["optimizer"] = optax.sgd(0.05, momentum=0.9)
     preset = draw(st.sampled_from(["mttt_linear", "mttt_mlp"]))
@@ -197,8 +221,8 @@ def specs(draw):
     return preset, heads * dh, heads, n, opts, pipeline, draw(st.integers(0, 2**16))
 
 
-@settings(max_examples=6)              # tc.validate's XLA path on the presets; tests/test_validate_generated.py
-@given(specs())                        # covers generated programs at scale
+@settings(max_examples=6)  # tc.validate's XLA path on the presets; tests/test_validate_generated.py
+@given(specs())  # covers generated programs at scale
 def test_translation_validation(spec):
     """In float64, so that a rewrite bug is not confused with float32 rounding amplified by a
     diverging inner loop (eta = 1 with an MLP learner can blow up: then only f64 separates them)."""

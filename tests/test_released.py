@@ -4,6 +4,7 @@ layer (test-time-training/mttt, inner_loop.TTTLayer) and computes its outputs an
 The fixtures in tests/fixtures/mttt_released_*.npz were produced by running the released code (see
 tests/fixtures/mttt_released.md); every parameter was moved off its initial value so that each term
 (biases, per-head LN) counts."""
+
 import json
 import pathlib
 
@@ -23,15 +24,16 @@ META = json.loads((FIXTURES / "mttt_released.json").read_text())
 
 def _load(name):
     data = np.load(FIXTURES / f"mttt_released_{name}.npz")
-    params = {k[len("params/"):]: data[k] for k in data.files if k.startswith("params/")}
+    params = {k[len("params/") :]: data[k] for k in data.files if k.startswith("params/")}
     return params, data, META["cases"][name]["config"]
 
 
 @pytest.mark.parametrize("name", sorted(META["cases"]))
 def test_from_released_matches_the_released_layer(name):
     params, data, cfg = _load(name)
-    layer = from_released(params, inner_lr=cfg["inner_lr"], sgd=cfg["SGD"],
-                          train_init=cfg["inner_encoder_init"] != "zero")
+    layer = from_released(
+        params, inner_lr=cfg["inner_lr"], sgd=cfg["SGD"], train_init=cfg["inner_encoder_init"] != "zero"
+    )
     x = jnp.asarray(data["x"])
     if cfg["SGD"]:
         # the released SGD step takes the tokens in a shuffled order (the fixture fixed the draw, shared by
@@ -41,9 +43,9 @@ def test_from_released_matches_the_released_layer(name):
     y = jax.jit(jax.vmap(layer))(x)
     want_y = data["y"][:, data["order"]] if cfg["SGD"] else data["y"]
     assert relative_error(y, want_y) <= 1e-5
-    losses = jax.jit(jax.vmap(layer.inner_losses))(x).sum(axis=1).mean(axis=0)     # sum over heads, mean over batch
+    losses = jax.jit(jax.vmap(layer.inner_losses))(x).sum(axis=1).mean(axis=0)  # sum over heads, mean over batch
     want = data["inner_losses"]
-    if cfg["SGD"]:   # the released step losses are on the mini-batch of the step; the last is on all tokens
+    if cfg["SGD"]:  # the released step losses are on the mini-batch of the step; the last is on all tokens
         losses, want = losses[-1:], want[-1:]
     assert relative_error(losses, want) <= 1e-5, (losses, want)
     compiled = tc.compile(layer, x[0])

@@ -1,5 +1,6 @@
 """remat chooses by measurement: a budget picks the least-recompute scheme that fits (compiled memory);
 no budget rematerialises a full-batch loop only when it pays (stored bytes vs the T = 1 program)."""
+
 import os
 import sys
 
@@ -21,15 +22,15 @@ KEY = jax.random.PRNGKey(0)
 
 
 def _remat_stage(prog):
-    (_, closed, notes), = [s for s in prog.pipeline if s[0] == "remat"]
+    ((_, closed, notes),) = [s for s in prog.pipeline if s[0] == "remat"]
     (eqn,) = [e for e in closed.jaxpr.eqns if e.primitive is ttt_loop_p]
     return eqn.params["remat"], notes
 
 
 def test_candidates_are_the_distinct_programs():
-    assert candidates(4) == [None, "step", "sqrt"]          # log of 4 = 2 x 2 is sqrt
+    assert candidates(4) == [None, "step", "sqrt"]  # log of 4 = 2 x 2 is sqrt
     assert candidates(8) == [None, "step", "sqrt", "log"]
-    assert candidates(7) == [None, "step"]                  # prime: sqrt/log nest nothing
+    assert candidates(7) == [None, "step"]  # prime: sqrt/log nest nothing
 
 
 def test_budget_picks_least_recompute_that_fits_and_keeps_values_and_grads():
@@ -38,14 +39,14 @@ def test_budget_picks_least_recompute_that_fits_and_keeps_values_and_grads():
         layer = jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, layer)
         x = jax.random.normal(KEY, (32, 8), jnp.float64)
         (mem,) = candidate_memory(trace(layer, x)[0])
-        assert set(mem) == {None, "step"}                  # T = 2: sqrt/log nest nothing
+        assert set(mem) == {None, "step"}  # T = 2: sqrt/log nest nothing
         assert mem["step"] < mem[None]
         for budget, expected in [(mem[None], None), (mem["step"], "step")]:
             prog = tc.compile(layer, x, remat_budget=budget)
             chosen, notes = _remat_stage(prog)
             assert chosen == expected
             assert f"chose {expected or 'none'}" in notes[0] and "none" in notes[0] and "step" in notes[0]
-        v = np_eval.compare(layer, prog, x)                # the rematerialised program
+        v = np_eval.compare(layer, prog, x)  # the rematerialised program
         assert v.ok(1e-10), v
         with pytest.raises(tc.SpecError, match="below the least training-step temp memory"):
             tc.compile(layer, x, remat_budget=min(mem.values()) - 1)

@@ -1,6 +1,7 @@
 """Several devices: on 4 (forced host) CPU devices, data parallelism equals the single-device run,
 and FSDP (parameters and optimiser state sharded over an "fsdp" axis) equals data parallelism while
 each device holds a quarter of the state (XLA's compiled memory analysis)."""
+
 import json
 import os
 import subprocess
@@ -61,8 +62,9 @@ print("RESULT " + json.dumps(out))
 def four_devices(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sharding")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(TEST_CONFIG), str(tmp)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(TEST_CONFIG), str(tmp)], env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))[7:])
 
@@ -90,8 +92,15 @@ def test_fsdp_equals_data_parallel_with_a_quarter_of_the_state_per_device(four_d
     _close(out["metrics"]["four"], out["metrics"]["fsdp"])
     print("memory per device (bytes):", json.dumps({"data": out["memory"]["four"], "fsdp": out["memory"]["fsdp"]}))
     print("max |param difference|:", json.dumps(out["max_param_diff"]))
-    print("max |metric difference| fsdp vs data:", max(abs(a[k] - b[k]) for a, b in zip(out["metrics"]["four"],
-          out["metrics"]["fsdp"]) for k in ("loss", "accuracy", "grad_norm") if k in a))
+    print(
+        "max |metric difference| fsdp vs data:",
+        max(
+            abs(a[k] - b[k])
+            for a, b in zip(out["metrics"]["four"], out["metrics"]["fsdp"])
+            for k in ("loss", "accuracy", "grad_norm")
+            if k in a
+        ),
+    )
     # Adam divides by sqrt(v) ~ |g| in its first steps, so rounding-level differences of the gradients
     # move a parameter by up to ~ lr * 1e-3; a wrong shard or a missing gather would move it by ~ lr
     assert out["max_param_diff"]["four-fsdp"] < 5e-5

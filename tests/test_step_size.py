@@ -1,14 +1,15 @@
 """Learned inner step sizes (tc.Inner(eta="per_head" | "per_token")): their meaning, and every pass keeps
 it (values and outer gradients in float64, each pass alone and the default pipeline)."""
+
+import os
+import subprocess
+import sys
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import os
-import subprocess
-import sys
-
 import pytest
 
 import ttt_compile as tc
@@ -33,16 +34,20 @@ def gated(layer, key, scale=0.3):
 
 
 def build(preset, eta, batching, dtype=jnp.float32, **options):
-    layer = layers.get(preset)(dim=8, heads=2, key=KEY, eta=eta, batching=batching,
-                               **{**BATCHING[batching], **options})
+    layer = layers.get(preset)(dim=8, heads=2, key=KEY, eta=eta, batching=batching, **{**BATCHING[batching], **options})
     layer = jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, layer)
     return gated(layer, jax.random.fold_in(KEY, 1))
 
 
-FAST = {("mttt_linear", "per_token", "online", "dual_form"), ("mttt_linear", "per_token", "sgd", "sgd_batch"),
-        ("mttt_linear", "per_head", "full", "fold_zero_init"), ("mttt_mlp", "per_token", "online", "default"),
-        ("mttt_mlp", "per_head", "full", "simplify"), ("mttt_linear", "per_token", "full", "remat"),
-        ("mttt_linear", "per_head", "online", "default")}
+FAST = {
+    ("mttt_linear", "per_token", "online", "dual_form"),
+    ("mttt_linear", "per_token", "sgd", "sgd_batch"),
+    ("mttt_linear", "per_head", "full", "fold_zero_init"),
+    ("mttt_mlp", "per_token", "online", "default"),
+    ("mttt_mlp", "per_head", "full", "simplify"),
+    ("mttt_linear", "per_token", "full", "remat"),
+    ("mttt_linear", "per_head", "online", "default"),
+}
 
 
 def _cases():
@@ -53,8 +58,16 @@ def _cases():
                 for p in PASSES:
                     name = p if isinstance(p, str) else p[0]
                     fast = (preset, eta, batching, name) in FAST
-                    out.append(pytest.param(preset, eta, batching, p, marks=() if fast else pytest.mark.slow,
-                                            id=f"{preset}-{eta}-{batching}-{name}"))
+                    out.append(
+                        pytest.param(
+                            preset,
+                            eta,
+                            batching,
+                            p,
+                            marks=() if fast else pytest.mark.slow,
+                            id=f"{preset}-{eta}-{batching}-{name}",
+                        )
+                    )
     return out
 
 
@@ -68,10 +81,27 @@ def test_learned_step_size_cases_in_a_fresh_process(request):
     if ISOLATED:
         pytest.skip("this is the child")
     markexpr = request.config.option.markexpr or "not slow"
-    r = subprocess.run([sys.executable, "-X", "faulthandler", "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        "-m", markexpr, __file__, "-k", "test_every_pass_keeps_a_learned_step_size"],
-                       env={**os.environ, "TTT_COMPILE_ISOLATED": "1"}, capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]      # 5 would be "no tests ran"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-X",
+            "faulthandler",
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            markexpr,
+            __file__,
+            "-k",
+            "test_every_pass_keeps_a_learned_step_size",
+        ],
+        env={**os.environ, "TTT_COMPILE_ISOLATED": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]  # 5 would be "no tests ran"
 
 
 @pytest.mark.skipif(not ISOLATED, reason="run in a fresh process by test_learned_step_size_cases_in_a_fresh_process")
@@ -104,30 +134,31 @@ def test_step_size_meaning():
     x = jax.random.normal(KEY, (8, 8))
     fixed = layers.mttt_linear(dim=8, heads=2, key=KEY, lr=0.5)
     head = layers.mttt_linear(dim=8, heads=2, key=KEY, lr=1.0, eta="per_head", eta_base=1.0)
-    assert relative_error(head(x), fixed(x)) < 1e-6                # sigmoid(0) = 1/2: eta = 0.5
+    assert relative_error(head(x), fixed(x)) < 1e-6  # sigmoid(0) = 1/2: eta = 0.5
     b = jnp.array([0.3, -1.2])
     head = eqx.tree_at(lambda m: m.eta.bias, head, b)
     token = eqx.tree_at(lambda m: m.eta.bias, layers.mttt_linear(dim=8, heads=2, key=KEY, eta="per_token"), b)
     assert relative_error(token(x), head(x)) < 1e-6
     # a step weighted per token, by hand (W0 = 0, one full step, linear decoder): W_1 = lr/n sum_i eta_i e_i k_i^T
     token = gated(token, KEY)
-    eta = token.eta(x)                                                   # (heads, n)
+    eta = token.eta(x)  # (heads, n)
     k, q = token.phi.tokens(x), token.psi.tokens(x)
-    dh, scale = 4, token.loss_scale
+    scale = token.loss_scale
     out = []
     for h in range(2):
         G = token.g.weight[h]
-        e = (x - token.g.bias) @ G                                       # -dl/dz at W = 0: G^T (x_i - c)
+        e = (x - token.g.bias) @ G  # -dl/dz at W = 0: G^T (x_i - c)
         W1 = scale * jnp.einsum("n,na,nb->ab", eta[h], e, k[:, h]) / x.shape[0]
         out.append(q[:, h] @ W1.T)
     want = token.h.tokens(jnp.stack(out, axis=1))
     assert relative_error(token(x), want) < 1e-5
-    assert relative_error(gated(token, jax.random.fold_in(KEY, 9))(x), want) > 1e-3   # the gate matters
+    assert relative_error(gated(token, jax.random.fold_in(KEY, 9))(x), want) > 1e-3  # the gate matters
 
 
 def test_lm_decode_path_reads_each_tokens_step_size():
     def mixer(**kw):
         return gated(layers.mttt_linear(batching="online", chunk=4, eta="per_token", **kw), KEY)
+
     model = causal_lm(vocab=11, width=16, depth=1, heads=2, max_len=16, mixer=mixer, key=KEY)
     ids = jax.random.randint(KEY, (12,), 0, 11)
     np.testing.assert_allclose(eqx.filter_jit(model.decode)(ids), eqx.filter_jit(model)(ids), rtol=1e-4, atol=1e-4)
@@ -139,5 +170,6 @@ def test_bad_step_size_specs_are_clear_errors():
     with pytest.raises(SpecError, match="eta_base"):
         tc.Inner(eta="per_head", eta_base=0.0)
     with pytest.raises(SpecError, match="parametric learner"):
-        tc.TTTLayer(8, 2, tc.learners.NadarayaWatson(), inner=tc.Inner(eta="per_head", optimizer=optax.sgd(1.0)),
-                    key=KEY)
+        tc.TTTLayer(
+            8, 2, tc.learners.NadarayaWatson(), inner=tc.Inner(eta="per_head", optimizer=optax.sgd(1.0)), key=KEY
+        )

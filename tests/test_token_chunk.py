@@ -1,5 +1,7 @@
 """Inner.token_chunk: the loss and the queries' outputs evaluated chunk by chunk (rematerialised) are
 the same math as all tokens at once, compiled or not, and the spec rejects chunks that do not fit."""
+
+import dataclasses
 import os
 import sys
 
@@ -7,12 +9,16 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import pytest
+from hypothesis import HealthCheck, assume, given, reject, settings
+from hypothesis import strategies as st
 
 import ttt_compile as tc
 from ttt_compile.models import layers
 
 sys.path.insert(0, os.path.dirname(__file__))
 import np_eval  # noqa: E402
+import program_gen as G  # noqa: E402
+import test_validate_generated as T  # noqa: E402
 
 KEY = jax.random.PRNGKey(0)
 
@@ -27,9 +33,9 @@ def test_token_chunk_is_the_same_math_values_and_grads(options):
         x = jax.random.normal(KEY, (32, 8), jnp.float64)
         chunked = _f64(layers.mttt_mlp(dim=8, heads=2, key=KEY, token_chunk=8, **options))
         whole = _f64(layers.mttt_mlp(dim=8, heads=2, key=KEY, **options))
-        v = np_eval.compare(whole, chunked, x)                  # reference layers, no compile
+        v = np_eval.compare(whole, chunked, x)  # reference layers, no compile
         assert v.ok(1e-12), v
-        v = np_eval.compare(chunked, tc.compile(chunked, x), x)                      # default pipeline vs its reference
+        v = np_eval.compare(chunked, tc.compile(chunked, x), x)  # default pipeline vs its reference
         assert v.ok(1e-10), v
 
 
@@ -44,12 +50,6 @@ def test_token_chunk_must_fit():
 
 
 # =========================================================================== generated programs
-import dataclasses  # noqa: E402
-
-from hypothesis import HealthCheck, assume, given, reject, settings, strategies as st  # noqa: E402
-
-import program_gen as G  # noqa: E402
-import test_validate_generated as T  # noqa: E402
 
 
 @st.composite
@@ -76,11 +76,10 @@ def test_token_chunk_on_generated_programs(program):
     the chunked program equals the unchunked one, and compiles (default pipeline) to itself, within
     the validator's conditioning-relative tolerance (tests/test_validate_generated.py), float64."""
     try:
-        ref = T.Reference(program, pair=False)                  # the chunked program, not compiled
+        ref = T.Reference(program, pair=False)  # the chunked program, not compiled
     except T.IllConditioned:
         reject()
-    whole = dataclasses.replace(program, layers=tuple(dataclasses.replace(s, token_chunk=None)
-                                                      for s in program.layers))
+    whole = dataclasses.replace(program, layers=tuple(dataclasses.replace(s, token_chunk=None) for s in program.layers))
     with jax.enable_x64(True):
         model, _, _ = G.build(whole)
         got = T.evaluate(model, ref.x, ref.r)

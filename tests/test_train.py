@@ -1,4 +1,5 @@
 """The outer loop: training, metrics, checkpoints, exact resume after kill -9, errors, CLI."""
+
 import contextlib
 import io
 import json
@@ -53,8 +54,14 @@ def reference(tmp_path_factory):
     subprocess that stops inside the write of its step-6 checkpoint (see the kill -9 test)."""
     workdir, killed = tmp_path_factory.mktemp("reference"), tmp_path_factory.mktemp("killed")
     env = {**os.environ, ckpt.FAULT_ENV: "sleep@6", "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "ttt_compile.cli", "train", str(TEST_CONFIG), "--workdir", str(killed)],
-                            env=env, cwd=killed, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ttt_compile.cli", "train", str(TEST_CONFIG), "--workdir", str(killed)],
+        env=env,
+        cwd=killed,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
@@ -111,16 +118,18 @@ def test_kill_9_during_checkpoint_write_then_resume_matches_uninterrupted(refere
 
 
 def test_checkpoint_exit_mid_write_keeps_previous_and_round_trips_bfloat16(tmp_path):
-    tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "mu": jnp.ones(3, jnp.bfloat16) / 3,
-            "n": np.int32(7)}
+    tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "mu": jnp.ones(3, jnp.bfloat16) / 3, "n": np.int32(7)}
     checkpoints = Checkpoints(tmp_path, keep=2)
     checkpoints.save(1, tree, {"note": "one"})
     checkpoints.wait()
-    script = ("import sys, numpy as np; from ttt_compile.training import Checkpoints; "
-              "Checkpoints(sys.argv[1]).save(2, {'w': np.zeros((2, 3), np.float32), 'mu': np.zeros(3), "
-              "'n': np.int32(0)})")
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], env={**os.environ, ckpt.FAULT_ENV: "exit@2"},
-                            capture_output=True)
+    script = (
+        "import sys, numpy as np; from ttt_compile.training import Checkpoints; "
+        "Checkpoints(sys.argv[1]).save(2, {'w': np.zeros((2, 3), np.float32), 'mu': np.zeros(3), "
+        "'n': np.int32(0)})"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env={**os.environ, ckpt.FAULT_ENV: "exit@2"}, capture_output=True
+    )
     assert result.returncode == 3
     assert steps_of(tmp_path) == [1]
     back = Checkpoints(tmp_path).restore_latest(tree)
@@ -144,6 +153,7 @@ def _damage(path: Path, how: str) -> None:
         (path / "meta" / "metadata").write_text("{not json")
     else:
         import shutil
+
         shutil.rmtree(path / "state")
 
 
@@ -215,8 +225,12 @@ def test_bfloat16_compute_keeps_float32_master_weights():
     assert {x.dtype for x in jax.tree_util.tree_leaves(params)} == {np.dtype("float32")}  # master weights
     mus = [s.mu for s in jax.tree_util.tree_leaves(state, is_leaf=lambda s: hasattr(s, "mu")) if hasattr(s, "mu")]
     assert {x.dtype for x in jax.tree_util.tree_leaves(mus)} == {jnp.dtype(jnp.bfloat16)}  # Adam's first moment
-    assert {x.dtype for s in jax.tree_util.tree_leaves(state, is_leaf=lambda s: hasattr(s, "nu"))
-            if hasattr(s, "nu") for x in jax.tree_util.tree_leaves(s.nu)} == {np.dtype("float32")}
+    assert {
+        x.dtype
+        for s in jax.tree_util.tree_leaves(state, is_leaf=lambda s: hasattr(s, "nu"))
+        if hasattr(s, "nu")
+        for x in jax.tree_util.tree_leaves(s.nu)
+    } == {np.dtype("float32")}
 
 
 class _LogLayer(eqx.Module):
@@ -250,22 +264,30 @@ def test_every_shipped_config_is_valid(name):
     config = validate(load_config(name), num_devices=8)
     assert config.name == name
     if name.startswith("vit_"):  # the paper's ImageNet recipes (Beyer et al. 2022)
-        assert (config.batch_size, config.lr, config.weight_decay, config.warmup_steps, config.epochs) == \
-            (1024, 1e-3, 1e-4, 10_000, 90)
+        assert (config.batch_size, config.lr, config.weight_decay, config.warmup_steps, config.epochs) == (
+            1024,
+            1e-3,
+            1e-4,
+            10_000,
+            90,
+        )
         assert (224 // config.patch) ** 2 == {"vit_s16_imagenet": 196, "vit_ti_pixels_imagenet": 50176}[name]
 
 
-@pytest.mark.parametrize("changes, num_devices, message", [
-    (dict(layer="mttt_lineer"), 1, r"layer='mttt_lineer' is not a layer preset: use one of .*mttt_linear"),
-    (dict(patch=3), 1, r"patch=3 does not divide image_size=8: set patch to one of 1, 2, 4, 8"),
-    (dict(batch_size=30), 4, r"batch_size=30 is not divisible by the 4 devices: use a multiple of 4"),
-    (dict(epochs=3.0), 1, r"set exactly one of them"),
-    (dict(width=30, heads=4), 1, r"width=30 is not divisible by heads=4"),
-    (dict(posemb="sincos2d", width=18, heads=2), 1, r"sincos2d' needs width divisible by 4"),
-    (dict(data="imagenet"), 1, r"use 'digits', 'imagenet:DIR' .*, 'text' or 'mqar'"),
-    (dict(dtype="float16"), 1, r"dtype='float16' is unknown: use one of float32, bfloat16"),
-    (dict(checkpoint_every=5), 1, r"checkpoint_every=5 is not a multiple of log_every=2"),
-])
+@pytest.mark.parametrize(
+    "changes, num_devices, message",
+    [
+        (dict(layer="mttt_lineer"), 1, r"layer='mttt_lineer' is not a layer preset: use one of .*mttt_linear"),
+        (dict(patch=3), 1, r"patch=3 does not divide image_size=8: set patch to one of 1, 2, 4, 8"),
+        (dict(batch_size=30), 4, r"batch_size=30 is not divisible by the 4 devices: use a multiple of 4"),
+        (dict(epochs=3.0), 1, r"set exactly one of them"),
+        (dict(width=30, heads=4), 1, r"width=30 is not divisible by heads=4"),
+        (dict(posemb="sincos2d", width=18, heads=2), 1, r"sincos2d' needs width divisible by 4"),
+        (dict(data="imagenet"), 1, r"use 'digits', 'imagenet:DIR' .*, 'text' or 'mqar'"),
+        (dict(dtype="float16"), 1, r"dtype='float16' is unknown: use one of float32, bfloat16"),
+        (dict(checkpoint_every=5), 1, r"checkpoint_every=5 is not a multiple of log_every=2"),
+    ],
+)
 def test_bad_configs_raise_errors_naming_field_and_fix(changes, num_devices, message):
     with pytest.raises(ConfigError, match=message):
         validate(small().replace(**changes), num_devices=num_devices)
@@ -289,13 +311,16 @@ def test_bad_runs_raise_config_errors(tmp_path):
         train(small(), workdir=tmp_path / "d", resume=True, verbose=False, plots=False)
 
 
-@pytest.mark.parametrize("argv, message", [
-    ([], "the following arguments are required: config"),
-    (["digits_tiny", "--steps", "0"], "0 is not a positive integer"),
-    (["digits_tiny", "--bogus"], "unrecognized arguments: --bogus"),
-    (["no_such_config"], "unknown config 'no_such_config': give a .py path or one of: digits_"),
-    (["digits_tiny", "--data", "mnist"], "data='mnist' is not a data set"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "the following arguments are required: config"),
+        (["digits_tiny", "--steps", "0"], "0 is not a positive integer"),
+        (["digits_tiny", "--bogus"], "unrecognized arguments: --bogus"),
+        (["no_such_config"], "unknown config 'no_such_config': give a .py path or one of: digits_"),
+        (["digits_tiny", "--data", "mnist"], "data='mnist' is not a data set"),
+    ],
+)
 def test_cli_bad_arguments_print_one_line_and_exit_2(argv, message, capsys, tmp_path):
     assert main([*argv, "--workdir", str(tmp_path)] if argv else argv) == 2
     err = capsys.readouterr().err.strip()

@@ -26,6 +26,7 @@ printed; a failure prints the program and the pipeline as code.  Default run: >=
 `python tests/test_validate_generated.py --programs N --seed S` runs the same checks without stopping
 at the first failure and prints every failure grouped by class.
 """
+
 from __future__ import annotations
 
 import collections
@@ -40,7 +41,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, Phase, given, reject, seed as hyp_seed, settings, strategies as st
+from hypothesis import HealthCheck, Phase, given, reject, settings
+from hypothesis import seed as hyp_seed
+from hypothesis import strategies as st
 
 sys.path.insert(0, os.path.dirname(__file__))
 import np_eval  # noqa: E402
@@ -49,8 +52,8 @@ import program_gen as G  # noqa: E402
 import ttt_compile as tc  # noqa: E402
 
 SEED = int(os.environ.get("TTT_FUZZ_SEED", "20261201"))
-PURE_F64 = 1e-6          # tolerance per unit of f32-vs-f64 spread for a float64 program
-MIXED = 100.0            # ... for a program that itself computes partly in float32
+PURE_F64 = 1e-6  # tolerance per unit of f32-vs-f64 spread for a float64 program
+MIXED = 100.0  # ... for a program that itself computes partly in float32
 FLOOR, CAP = 1e-9, 1e-3
 # Where the float32 probe saturates (its spread is of the size of the quantity itself, e.g. sin of an
 # argument of 3e9, whose float32 ulp is 256) it no longer measures the conditioning, only that it is
@@ -60,7 +63,7 @@ FLOOR, CAP = 1e-9, 1e-3
 SATURATED = 1e-2
 FINE_BITS = 40
 PURE_F64_FINE = PURE_F64 * 2.0 ** (FINE_BITS - 24)
-JIT_EVERY = 4            # every JIT_EVERY-th program is also run as jax.jit(jax.vmap(compiled))
+JIT_EVERY = 4  # every JIT_EVERY-th program is also run as jax.jit(jax.vmap(compiled))
 
 
 # =========================================================================== evaluation
@@ -75,7 +78,7 @@ def _loss(model, x, r):
 
 
 value_and_grad = eqx.filter_value_and_grad(_loss, has_aux=True)
-pair_value_and_grad = eqx.filter_vmap(value_and_grad, in_axes=(None, 0, 0))   # per example, over [x, x2]
+pair_value_and_grad = eqx.filter_vmap(value_and_grad, in_axes=(None, 0, 0))  # per example, over [x, x2]
 jit_pair_values = eqx.filter_jit(lambda model, xs: jax.vmap(model)(xs))
 
 
@@ -159,6 +162,7 @@ def computes_in_low_precision(closed) -> bool:
             if any(walk(getattr(j, "jaxpr", j)) for j in jax.extend.core.jaxprs_in_params(eqn.params)):
                 return True
         return False
+
     return walk(closed.jaxpr)
 
 
@@ -190,8 +194,11 @@ class Reference:
             kr, kr2 = jax.random.split(jax.random.PRNGKey(program.seed + 1))
             self.r = jax.random.normal(kr, y.shape, jnp.float64)
             self.r2 = jax.random.normal(kr2, y.shape, jnp.float64)
-            self.traced = (trace(self.model, jnp.stack([self.x, self.x2]), jnp.stack([self.r, self.r2]), True)
-                           if pair else trace(self.model, self.x, self.r, False))
+            self.traced = (
+                trace(self.model, jnp.stack([self.x, self.x2]), jnp.stack([self.r, self.r2]), True)
+                if pair
+                else trace(self.model, self.x, self.r, False)
+            )
         self.ref64 = self.traced.run()
         if not all(np.isfinite(v).all() for v in self.ref64.values()):
             raise IllConditioned("the float64 reference is not finite")
@@ -226,7 +233,7 @@ def compare(got: dict, ref: Reference, mixed: bool, how: str) -> list[Mismatch]:
             continue
         spread = rel(ref.ref32[q], ref64[q], floor)
         tol = min(max(FLOOR, (MIXED if mixed else PURE_F64) * spread), CAP)
-        if not err <= tol and spread > SATURATED:          # float32 lost q entirely: measure finer
+        if not err <= tol and spread > SATURATED:  # float32 lost q entirely: measure finer
             fine = rel(ref.ref40[q], ref64[q], floor)
             tol = min(max(tol, PURE_F64_FINE * fine), CAP)
         if not err <= tol:
@@ -234,26 +241,36 @@ def compare(got: dict, ref: Reference, mixed: bool, how: str) -> list[Mismatch]:
     return bad
 
 
-def check(program: G.Program, pipeline, ref: Reference | None = None, jit: bool = False,
-          single: bool = True, pair: bool = True) -> list[Mismatch]:
+def check(
+    program: G.Program,
+    pipeline,
+    ref: Reference | None = None,
+    jit: bool = False,
+    single: bool = True,
+    pair: bool = True,
+) -> list[Mismatch]:
     """Compile `program` with `pipeline` and compare it with the reference; raises what compiling or
     running the compiled program raises.  `single`: run the compiled program on x; `pair`: under
     jax.vmap on [x, x2]; `jit`: also run jax.jit(jax.vmap(...)) of the real program."""
     ref = Reference(program) if ref is None else ref
     with jax.enable_x64(True):
         compiled = tc.compile(ref.model, ref.x, passes=pipeline)
-        mixed = computes_in_low_precision(compiled.pipeline[0][1])   # the traced program (no cost measurement)
+        mixed = computes_in_low_precision(compiled.pipeline[0][1])  # the traced program (no cost measurement)
         bad = compare(evaluate(compiled, ref.x, ref.r), ref, mixed, "compiled") if single else []
         if pair:
             bad += compare(evaluate_pair(compiled, ref.x, ref.x2, ref.r, ref.r2), ref, mixed, "vmap(compiled)")
         if jit:
             bad += compare(evaluate_jit(compiled, ref.x, ref.x2), ref, mixed, "jit(vmap(compiled))")
     return bad
+
+
 def describe(program, pipeline) -> str:
-    return (f"seed={SEED} (TTT_FUZZ_SEED)\n  program = G.{program!r}\n  pipeline = {pipeline!r}\n"
-            f"  reproduce: python -c \"import sys; sys.path.insert(0, 'tests'); import program_gen as G, "
-            f"test_validate_generated as T; from program_gen import *; "
-            f"print(T.check(G.{program!r}, {pipeline!r}))\"")
+    return (
+        f"seed={SEED} (TTT_FUZZ_SEED)\n  program = G.{program!r}\n  pipeline = {pipeline!r}\n"
+        f"  reproduce: python -c \"import sys; sys.path.insert(0, 'tests'); import program_gen as G, "
+        f"test_validate_generated as T; from program_gen import *; "
+        f'print(T.check(G.{program!r}, {pipeline!r}))"'
+    )
 
 
 # =========================================================================== the test
@@ -271,23 +288,28 @@ def run_generated(kind: str, examples: int, max_size: int, shapes=None) -> int:
     validated = []
     hseed = SEED + sum(map(ord, kind))
 
-    @settings(max_examples=examples, deadline=None, derandomize=False, database=None,
-              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=examples,
+        deadline=None,
+        derandomize=False,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @hyp_seed(hseed)
     @given(G.programs(max_size=max_size, shapes=shapes), pipelines(kind))
     def one(program, pipeline):
         try:
-            i = len(validated)     # alternate the unbatched and the vmapped evaluation (each halves the time)
+            i = len(validated)  # alternate the unbatched and the vmapped evaluation (each halves the time)
             pair = i % 2 == 0
-            bad = check(program, pipeline, Reference(program, pair), jit=i % JIT_EVERY == 0, single=not pair,
-                        pair=pair)
+            bad = check(program, pipeline, Reference(program, pair), jit=i % JIT_EVERY == 0, single=not pair, pair=pair)
         except IllConditioned:
             reject()
         except Exception as e:  # noqa: BLE001 - re-raised with the program that caused it
             raise AssertionError(f"CRASH {type(e).__name__}: {str(e)[:400]}\n{describe(program, pipeline)}") from e
         assert not bad, "MISMATCH " + "; ".join(map(str, bad)) + "\n" + describe(program, pipeline)
         validated.append(program)
-        if len(validated) % 50 == 0:                  # progress of long (-m slow) runs, seen with -s
+        if len(validated) % 50 == 0:  # progress of long (-m slow) runs, seen with -s
             print(f"[validate_generated] {kind}: {len(validated)} programs validated", flush=True)
             # drop compiled executables: a -m slow run compiled ~350 jit programs in one process and
             # XLA's CPU compiler then aborted / segfaulted (as conftest's per-module clearing explains)
@@ -303,8 +325,8 @@ def run_generated(kind: str, examples: int, max_size: int, shapes=None) -> int:
 # dominates, NumPy evaluation (np_eval) is 0.02-0.3 s a program.
 PROGRAMS = int(os.environ.get("TTT_FUZZ_PROGRAMS", "150"))
 DEFAULT_PER_KIND = -(-PROGRAMS // len(KINDS))
-SLOW_PER_KIND = -(-3000 // len(KINDS))            # >= 3000 with -m slow
-DEFAULT_MAX_SIZE, SLOW_MAX_SIZE = 40, 120         # program size bound (program_gen.size)
+SLOW_PER_KIND = -(-3000 // len(KINDS))  # >= 3000 with -m slow
+DEFAULT_MAX_SIZE, SLOW_MAX_SIZE = 40, 120  # program size bound (program_gen.size)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -337,12 +359,21 @@ def survey(programs: int, seed: int, kinds=None, max_size: int = 60) -> None:
 
     def record(cls, program, pipeline, detail):
         if cls not in failures:
-            print(f"\n+++ new class: {cls}\n  program = G.{program!r}\n  pipeline = {pipeline!r}\n"
-                  f"  {detail.strip()[-900:]}", flush=True)
+            print(
+                f"\n+++ new class: {cls}\n  program = G.{program!r}\n  pipeline = {pipeline!r}\n"
+                f"  {detail.strip()[-900:]}",
+                flush=True,
+            )
         failures[cls].append((program, pipeline, detail))
 
-    @settings(max_examples=programs, deadline=None, derandomize=False, database=None,
-              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=programs,
+        deadline=None,
+        derandomize=False,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
     @hyp_seed(seed)
     @given(G.programs(max_size=max_size), st.data())
     def one(program, data):
@@ -366,8 +397,11 @@ def survey(programs: int, seed: int, kinds=None, max_size: int = 60) -> None:
                     counts["ok"] += 1
             except Exception as e:  # noqa: BLE001
                 record(classify(e), program, pipeline, traceback.format_exc(limit=-4))
-        print(f"[{time.time() - t0:.0f}s] {sum(counts[k] for k in kinds)} checks, {len(failures)} classes; "
-              f"last: {program.kind} size {G.size(program)} in {time.time() - t1:.0f}s", flush=True)
+        print(
+            f"[{time.time() - t0:.0f}s] {sum(counts[k] for k in kinds)} checks, {len(failures)} classes; "
+            f"last: {program.kind} size {G.size(program)} in {time.time() - t1:.0f}s",
+            flush=True,
+        )
 
     one()
     print(f"{sum(counts[k] for k in kinds)} checks in {time.time() - t0:.0f}s: {dict(counts)}")
@@ -379,6 +413,7 @@ def survey(programs: int, seed: int, kinds=None, max_size: int = 60) -> None:
 
 if __name__ == "__main__":
     import argparse
+
     ap = argparse.ArgumentParser()
     ap.add_argument("--programs", type=int, default=50)
     ap.add_argument("--seed", type=int, default=SEED)
@@ -397,6 +432,7 @@ def _broken_pass(rules):
 
     def broken(closed):
         return rewrite(closed, rules)
+
     return broken
 
 
@@ -410,18 +446,37 @@ def _nudge_tanh(interp, eqn, invals):
     return [interp.bind(eqn, invals)[0] * (1 + 1e-7)]
 
 
-CANARY = G.Program("layer", (G.LayerSpec(heads=2, dh=3, steps=2, batching="full", chunk=1, init="learned",
-                                         decoder_ln=False, optimizer="sgd", schedule="const", lr=0.2,
-                                         ops=(("linear",), ("act", "tanh"), ("act", "half_grad"),
-                                              ("act", "clip_grad"))),), n=5, seed=7)
+CANARY = G.Program(
+    "layer",
+    (
+        G.LayerSpec(
+            heads=2,
+            dh=3,
+            steps=2,
+            batching="full",
+            chunk=1,
+            init="learned",
+            decoder_ln=False,
+            optimizer="sgd",
+            schedule="const",
+            lr=0.2,
+            ops=(("linear",), ("act", "tanh"), ("act", "half_grad"), ("act", "clip_grad")),
+        ),
+    ),
+    n=5,
+    seed=7,
+)
 
 
 def test_the_validator_catches_miscompiles():
     """The comparison sees a value error of 1e-7 relative, and gradient-only errors (custom rules lost)."""
     ref = Reference(CANARY)
     assert check(CANARY, ["lower"], ref, jit=True) == []
-    bad = check(CANARY, [_broken_pass({P.custom_vjp_call_p: _inline_custom_rules,
-                                       P.custom_jvp_call_p: _inline_custom_rules}), "lower"], ref)
+    bad = check(
+        CANARY,
+        [_broken_pass({P.custom_vjp_call_p: _inline_custom_rules, P.custom_jvp_call_p: _inline_custom_rules}), "lower"],
+        ref,
+    )
     assert bad and all("grad" in m.quantity for m in bad), bad
     bad = check(CANARY, [_broken_pass({P.tanh_p: _nudge_tanh}), "lower"], ref)
     assert any("value" in m.quantity for m in bad), bad
@@ -431,14 +486,50 @@ def test_the_validator_catches_miscompiles():
 # gradients carry cos(y) with y ~ 3e9: float32 loses them entirely (spread 0.8-1.9), float64 keeps
 # about 6 digits (simplify's reassociation moves them by 3e-6).  The 40-bit probe measures 7e-3, so
 # this is conditioning, not a miscompile; a 1e-3 error would still be reported.
-SATURATED_PROGRAM = G.Program(kind="stack", layers=(
-    *[G.LayerSpec(heads=1, dh=12, steps=5, batching="full", chunk=1, init="zero", decoder_ln=False,
-                  optimizer="nesterov", schedule="const", lr=0.2,
-                  ops=(("residual", (("bias",),)), ("index", "trunc"), ("bias",), ("linear",)), outer=(0, 2),
-                  eta="fixed", released=False)] * 2,
-    G.LayerSpec(heads=1, dh=12, steps=1, batching="full", chunk=1, init="zero", decoder_ln=False, optimizer="sgd",
-                schedule="const", lr=0.2, ops=(("ttt", "full", 1), ("bias",)), outer=(), eta="fixed",
-                released=False)), n=9, wrapper="filter_jit", int_side=False, seed=5)
+SATURATED_PROGRAM = G.Program(
+    kind="stack",
+    layers=(
+        *[
+            G.LayerSpec(
+                heads=1,
+                dh=12,
+                steps=5,
+                batching="full",
+                chunk=1,
+                init="zero",
+                decoder_ln=False,
+                optimizer="nesterov",
+                schedule="const",
+                lr=0.2,
+                ops=(("residual", (("bias",),)), ("index", "trunc"), ("bias",), ("linear",)),
+                outer=(0, 2),
+                eta="fixed",
+                released=False,
+            )
+        ]
+        * 2,
+        G.LayerSpec(
+            heads=1,
+            dh=12,
+            steps=1,
+            batching="full",
+            chunk=1,
+            init="zero",
+            decoder_ln=False,
+            optimizer="sgd",
+            schedule="const",
+            lr=0.2,
+            ops=(("ttt", "full", 1), ("bias",)),
+            outer=(),
+            eta="fixed",
+            released=False,
+        ),
+    ),
+    n=9,
+    wrapper="filter_jit",
+    int_side=False,
+    seed=5,
+)
 
 
 def test_a_quantity_float32_cannot_resolve_is_probed_finer():

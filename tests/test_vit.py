@@ -1,4 +1,5 @@
 """The ViT: tokens (patches / raw pixels), position embeddings, presets, drop-in attention layers."""
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -38,8 +39,9 @@ def test_sincos2d_position_embedding():
     assert len({tuple(np.round(r, 5)) for r in np.asarray(pe)}) == 12  # every position distinct
 
 
-@pytest.mark.parametrize("variant, width, mlp_dim, heads",
-                         [("Ti", 192, 768, 3), ("S", 384, 1536, 6), ("B", 768, 3072, 12)])
+@pytest.mark.parametrize(
+    "variant, width, mlp_dim, heads", [("Ti", 192, 768, 3), ("S", 384, 1536, 6), ("B", 768, 3072, 12)]
+)
 def test_presets_have_the_standard_sizes(variant, width, mlp_dim, heads):
     assert PRESETS[variant] == dict(width=width, depth=12, heads=heads, mlp_dim=mlp_dim)
     seen = []
@@ -48,8 +50,11 @@ def test_presets_have_the_standard_sizes(variant, width, mlp_dim, heads):
         seen.append((dim, heads))
         return layers.self_attention(dim=dim, heads=heads, key=key)
 
-    shape = eqx.filter_eval_shape(lambda: vit(variant, image_size=224, channels=3, num_classes=1000, patch=16,
-                                              posemb="sincos2d", layer=factory, key=KEY))
+    shape = eqx.filter_eval_shape(
+        lambda: vit(
+            variant, image_size=224, channels=3, num_classes=1000, patch=16, posemb="sincos2d", layer=factory, key=KEY
+        )
+    )
     assert seen == [(width, heads)] * 12 and shape.num_tokens == 196
     assert shape.pos is None  # sincos2d is fixed, not a parameter
     count = lambda tree: sum(x.size for x in jax.tree_util.tree_leaves(tree))  # noqa: E731
@@ -67,7 +72,7 @@ def test_a_ttt_preset_drops_in_trains_and_vmaps():
 
     def loss(p):
         logits = jax.vmap(eqx.combine(p, static))(images)
-        return jnp.mean(logits ** 2), logits
+        return jnp.mean(logits**2), logits
 
     (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
     assert np.isfinite(value) and logits.shape == (3, 10)
@@ -77,8 +82,15 @@ def test_a_ttt_preset_drops_in_trains_and_vmaps():
 
 
 def test_layer_argument_factory_module_or_sequence_and_user_ttt_layer():
-    user = tc.TTTLayer(16, 2, tc.learners.Linear(8), init="zero", task=tc.Reconstruction(decoder_ln=False),
-                       inner=tc.Inner(steps=2, batching="sgd", optimizer=optax.sgd(0.5)), key=KEY)
+    user = tc.TTTLayer(
+        16,
+        2,
+        tc.learners.Linear(8),
+        init="zero",
+        task=tc.Reconstruction(decoder_ln=False),
+        inner=tc.Inner(steps=2, batching="sgd", optimizer=optax.sgd(0.5)),
+        key=KEY,
+    )
     shared = small_vit(user)  # one module: copied into every block (same start, trained separately)
     assert shared.blocks[0].attn is user and shared.blocks[1].attn is user
     k1, k2 = jax.random.split(KEY)
@@ -86,7 +98,8 @@ def test_layer_argument_factory_module_or_sequence_and_user_ttt_layer():
     assert isinstance(listed.blocks[1].attn, layers.Attention)
     image = jax.random.normal(KEY, (8, 8, 1))
     out_shared, out_listed, losses = eqx.filter_jit(lambda a, b, x: (a(x), b(x), a.inner_losses(x)))(
-        shared, listed, image)
+        shared, listed, image
+    )
     assert np.all(np.isfinite(out_shared)) and np.all(np.isfinite(out_listed))
     assert [x.shape for x in losses] == [(2, 3), (2, 3)]  # heads x (steps + 1)
     assert all(np.all(np.isfinite(x)) for x in losses)
@@ -116,8 +129,9 @@ def test_compiled_layers_match_the_reference_and_expose_inner_losses():
     for r, g in zip(ref, got):
         np.testing.assert_allclose(g, r, rtol=1e-6)
     # same outer parameters: the compiled model's float leaves are the source's
-    assert len(jax.tree_util.tree_leaves(eqx.filter(compiled, eqx.is_inexact_array))) == \
-        len(jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array)))
+    assert len(jax.tree_util.tree_leaves(eqx.filter(compiled, eqx.is_inexact_array))) == len(
+        jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))
+    )
 
 
 def test_trace_reports_the_first_non_finite_stage():

@@ -4,21 +4,34 @@ Layers, bottom up: `ir` (the ttt_loop primitive, the rewriting interpreter) <- `
 learners, outer maps, TTTLayer) and `compiler`/`cost`/`validate` <- `passes` <- `models` <-
 training <- benchmarks / CLI.
 """
+
 import sys as _sys
 
+from . import passes, validate
+from .compiler import Compiled, compile
+from .cost import Cost
+from .ir.primitive import emitting, ttt_loop, ttt_loop_p
 from .layer import learners, spec
 from .layer.spec import Inner, Reconstruction, SpecError
 from .layer.ttt_layer import TTTLayer
-from .ir.primitive import ttt_loop, ttt_loop_p, emitting
-from .cost import Cost
-from . import passes
-from .compiler import Compiled, compile
-from . import validate
 
 # The modules' old flat paths keep working (`from ttt_compile.learners import Linear`).
 _sys.modules.setdefault(__name__ + ".learners", learners)
 _sys.modules.setdefault(__name__ + ".spec", spec)
 
-__all__ = ["TTTLayer", "Inner", "Reconstruction", "SpecError", "learners", "passes", "compile", "Compiled",
-           "Cost", "ttt_loop", "ttt_loop_p", "emitting"]
+__all__ = [
+    "TTTLayer",
+    "validate",
+    "Inner",
+    "Reconstruction",
+    "SpecError",
+    "learners",
+    "passes",
+    "compile",
+    "Compiled",
+    "Cost",
+    "ttt_loop",
+    "ttt_loop_p",
+    "emitting",
+]
 __version__ = "0.1.0"

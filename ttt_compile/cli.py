@@ -10,6 +10,7 @@
 One parser; each subcommand calls the library. Bad arguments, unknown names and configs that do not
 fit print one line naming the fix and exit with status 2; a run stopped by non-finite values exits 1.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,11 +63,28 @@ def inspect(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from e
     if args.json:
-        print(json.dumps({"layer": args.layer, "dim": args.dim, "heads": args.heads, "seq": args.seq,
-                          "stages": [{"pass": name, "eqns": c.eqns, "flops": c.flops, "bytes": c.bytes,
-                                      "temp_bytes": c.temp_bytes, "notes": list(notes),
-                                      "loops": loop_nesting(closed)}
-                                     for (name, closed, c), (_, notes) in zip(prog.stages, prog.notes)]}))
+        print(
+            json.dumps(
+                {
+                    "layer": args.layer,
+                    "dim": args.dim,
+                    "heads": args.heads,
+                    "seq": args.seq,
+                    "stages": [
+                        {
+                            "pass": name,
+                            "eqns": c.eqns,
+                            "flops": c.flops,
+                            "bytes": c.bytes,
+                            "temp_bytes": c.temp_bytes,
+                            "notes": list(notes),
+                            "loops": loop_nesting(closed),
+                        }
+                        for (name, closed, c), (_, notes) in zip(prog.stages, prog.notes)
+                    ],
+                }
+            )
+        )
         return 0
     print(prog.report())
     if args.diff:
@@ -115,8 +133,11 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("inspect", help="print the jaxpr after each pass and the cost table")
-    p.add_argument("layer", help="self_attention, linear_attention, linear_attention_elu1, mttt_linear, "
-                                 "mttt_mlp, mttt_kernel, or module:attr naming a layer factory")
+    p.add_argument(
+        "layer",
+        help="self_attention, linear_attention, linear_attention_elu1, mttt_linear, "
+        "mttt_mlp, mttt_kernel, or module:attr naming a layer factory",
+    )
     p.add_argument("--dim", type=_positive_int, default=384)
     p.add_argument("--heads", type=_positive_int, default=6)
     p.add_argument("--seq", type=_positive_int, default=196, help="sequence length n")
@@ -143,15 +164,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="digits | imagenet:DIR | text | mqar (default: the config's)")
     p.add_argument("--workdir", help="where metrics, checkpoints and plots go (default: runs/<config name>)")
     p.add_argument("--steps", type=_positive_int, help="train for N steps (the schedule is scaled to N)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest readable checkpoint in --workdir "
-                   "(an unreadable one is reported and the previous one used)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the newest readable checkpoint in --workdir "
+        "(an unreadable one is reported and the previous one used)",
+    )
     p.add_argument("--coordinator", help="multi-process: HOST:PORT of process 0 (env JAX_COORDINATOR_ADDRESS)")
     p.add_argument("--num-processes", type=_positive_int, help="multi-process: how many (env JAX_NUM_PROCESSES)")
     p.add_argument("--process-id", type=int, help="multi-process: this one, 0..N-1 (env JAX_PROCESS_ID)")
     p.set_defaults(run=train)
 
-    p = sub.add_parser("table", help="make a results table (digits, lm, mqar); writes to a scratch folder "
-                                     "unless --out is given")
+    p = sub.add_parser(
+        "table", help="make a results table (digits, lm, mqar); writes to a scratch folder unless --out is given"
+    )
     tables = p.add_subparsers(dest="table", required=True, parser_class=_Parser)
     for name in TABLES:
         module = TABLES[name]()
@@ -171,8 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"] and "--device" in argv[1:]:
         if importlib.util.find_spec(DEVICE_BENCH) is None:
-            print("ttt-compile bench: error: --device needs ttt_compile.benchmarks.device, which this "
-                  "installation lacks", file=sys.stderr)
+            print(
+                "ttt-compile bench: error: --device needs ttt_compile.benchmarks.device, which this installation lacks",
+                file=sys.stderr,
+            )
             return USAGE_ERROR
         rest = [a for a in argv[1:] if a != "--device"]
         return int(importlib.import_module(DEVICE_BENCH).main(rest) or 0)

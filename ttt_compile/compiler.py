@@ -1,10 +1,12 @@
 """`tc.compile`: trace a layer or model to a jaxpr with `ttt_loop` nodes, run named passes, and
 return a `Compiled` equinox Module that evaluates the final program (differentiable in the
 model's outer parameters, so an optax outer loop trains it)."""
+
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -14,13 +16,13 @@ from . import passes as P
 from . import program_diff
 from .cost import Cost, measure
 from .cost import by_level as cost_by_level
-from .program_diff import ProgramDiff
 from .ir.jaxpr_utils import count_eqns
 from .ir.primitive import contains_loop, emitting, loop_nesting
 from .layer.spec import INNER_DTYPES, SpecError
 from .layer.ttt_layer import TTTLayer
+from .program_diff import ProgramDiff
 
-DEFAULT = P.DEFAULT          # the default pipeline lives with the pass contract in passes/__init__.py
+DEFAULT = P.DEFAULT  # the default pipeline lives with the pass contract in passes/__init__.py
 
 
 class _Cache:
@@ -38,7 +40,7 @@ class Compiled(eqx.Module):
     in_tree: Any = eqx.field(static=True)
     in_avals: tuple = eqx.field(static=True)
     out_tree: Any = eqx.field(static=True)
-    pipeline: tuple = eqx.field(static=True)         # (pass name, ClosedJaxpr, notes)
+    pipeline: tuple = eqx.field(static=True)  # (pass name, ClosedJaxpr, notes)
     _cache: _Cache = eqx.field(static=True)
 
     def __call__(self, *args):
@@ -46,8 +48,12 @@ class Compiled(eqx.Module):
         avals = tuple((tuple(jax.numpy.shape(x)), jax.numpy.result_type(x)) for x in leaves)
         if tree != self.in_tree or avals != self.in_avals:
             raise ValueError(
-                "the compiled program was traced for inputs " + _fmt(self.in_avals) + " but got "
-                + _fmt(avals) + "; compile again with an example of the new shape: tc.compile(model, x)")
+                "the compiled program was traced for inputs "
+                + _fmt(self.in_avals)
+                + " but got "
+                + _fmt(avals)
+                + "; compile again with an example of the new shape: tc.compile(model, x)"
+            )
         out = jaxpr_as_fun(self.jaxpr)(*jax.tree_util.tree_leaves(self.params), *leaves)
         return jax.tree_util.tree_unflatten(self.out_tree, out)
 
@@ -121,8 +127,10 @@ def resolve(passes) -> list[tuple[str, Callable]]:
             fn = p.func if isinstance(p, functools.partial) else p
             out.append((getattr(fn, "pass_name", getattr(fn, "__name__", "pass")), p))
         else:
-            raise SpecError(f"passes: {p!r} is not a pass name, a (name, options) pair or a function; "
-                            f"available passes: {', '.join(P.available())}")
+            raise SpecError(
+                f"passes: {p!r} is not a pass name, a (name, options) pair or a function; "
+                f"available passes: {', '.join(P.available())}"
+            )
     return out
 
 
@@ -134,8 +142,8 @@ def trace(model, *args) -> tuple[ClosedJaxpr, Any, Any, Any]:
     out_tree = []
 
     def fn(*leaves):
-        p = jax.tree_util.tree_unflatten(p_tree, leaves[:len(p_leaves)])
-        a = jax.tree_util.tree_unflatten(a_tree, leaves[len(p_leaves):])
+        p = jax.tree_util.tree_unflatten(p_tree, leaves[: len(p_leaves)])
+        a = jax.tree_util.tree_unflatten(a_tree, leaves[len(p_leaves) :])
         out, tree = jax.tree_util.tree_flatten(eqx.combine(p, static)(*a))
         out_tree.append(tree)
         return out
@@ -148,8 +156,10 @@ def trace(model, *args) -> tuple[ClosedJaxpr, Any, Any, Any]:
 def with_remat_budget(pipeline: list[tuple[str, Callable]], budget: int) -> list[tuple[str, Callable]]:
     """The pipeline with the `remat` stage's `budget` option set (its other options kept)."""
     if not any(name == "remat" for name, _ in pipeline):
-        raise SpecError("tc.compile: remat_budget is given but the pipeline has no 'remat' pass; "
-                        "add 'remat' to passes (it must run before unroll/sgd_batch/lower)")
+        raise SpecError(
+            "tc.compile: remat_budget is given but the pipeline has no 'remat' pass; "
+            "add 'remat' to passes (it must run before unroll/sgd_batch/lower)"
+        )
     out = []
     for name, fn in pipeline:
         if name == "remat":
@@ -164,8 +174,9 @@ def with_inner_dtype(model, dtype: str):
     "float32", "bfloat16" (fast weights, gradients, updates and matmuls in bf16) or "mixed" (f32 fast
     weights, bf16 matmuls).  Non-parametric layers (no fast weights) are left as they are."""
     if dtype not in INNER_DTYPES:
-        raise SpecError(f"tc.compile: inner_dtype must be None or one of {', '.join(map(repr, INNER_DTYPES))}, "
-                        f"got {dtype!r}")
+        raise SpecError(
+            f"tc.compile: inner_dtype must be None or one of {', '.join(map(repr, INNER_DTYPES))}, got {dtype!r}"
+        )
     found = []
 
     def cast(node):
@@ -173,15 +184,23 @@ def with_inner_dtype(model, dtype: str):
             found.append(node)
             return node.with_inner(dtype=dtype)
         return node
+
     out = jax.tree_util.tree_map(cast, model, is_leaf=lambda node: isinstance(node, TTTLayer))
     if not found:
-        raise SpecError(f"tc.compile: inner_dtype={dtype!r} sets the precision of TTT layers' inner loops, but "
-                        f"the model ({type(model).__name__}) holds no parametric TTTLayer; drop inner_dtype")
+        raise SpecError(
+            f"tc.compile: inner_dtype={dtype!r} sets the precision of TTT layers' inner loops, but "
+            f"the model ({type(model).__name__}) holds no parametric TTTLayer; drop inner_dtype"
+        )
     return out
 
 
-def compile(model: Callable, *args, passes="default", inner_dtype: str | None = None,  # noqa: A001
-            remat_budget: int | None = None) -> Compiled:
+def compile(
+    model: Callable,
+    *args,
+    passes="default",
+    inner_dtype: str | None = None,  # noqa: A001
+    remat_budget: int | None = None,
+) -> Compiled:
     """Trace `model(*args)` (any eqx.Module, TTT layers anywhere inside), run `passes`, return a
     `Compiled` module.  A `lower` stage is appended if a ttt_loop survives the given passes.
 
@@ -212,8 +231,15 @@ def compile(model: Callable, *args, passes="default", inner_dtype: str | None = 
         stages.append(("lower", closed, ("appended: a ttt_loop remained after the given passes", *notes)))
     a_leaves = jax.tree_util.tree_leaves(args)
     in_avals = tuple((tuple(jax.numpy.shape(x)), jax.numpy.result_type(x)) for x in a_leaves)
-    return Compiled(params=params, jaxpr=closed, in_tree=a_tree, in_avals=in_avals, out_tree=out_tree,
-                    pipeline=tuple(stages), _cache=_Cache())
+    return Compiled(
+        params=params,
+        jaxpr=closed,
+        in_tree=a_tree,
+        in_avals=in_avals,
+        out_tree=out_tree,
+        pipeline=tuple(stages),
+        _cache=_Cache(),
+    )
 
 
 __all__ = ["compile", "Compiled", "DEFAULT", "resolve", "trace", "count_eqns"]

@@ -8,11 +8,12 @@ every loop (scan or ttt_loop, also inside jit/checkpoint regions), (trips - 1) t
 (recursively, so nested loops multiply).  If XLA removed every loop itself (no `while` left in the
 compiled program) nothing is added.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -89,8 +90,10 @@ def by_level(closed: ClosedJaxpr) -> list[float]:
     for body, trips in _loops(closed.jaxpr):
         sub = by_level(body if isinstance(body, ClosedJaxpr) else ClosedJaxpr(body, []))
         top -= trips * sum(sub)
-        inner = [a + trips * b for a, b in zip(inner + [0.0] * (len(sub) - len(inner)),
-                                               sub + [0.0] * (len(inner) - len(sub)))]
+        inner = [
+            a + trips * b
+            for a, b in zip(inner + [0.0] * (len(sub) - len(inner)), sub + [0.0] * (len(inner) - len(sub)))
+        ]
     return [top, *inner]
 
 
@@ -99,7 +102,7 @@ def of(fn: Callable, *args) -> Cost:
     return measure(jax.make_jaxpr(fn)(*args))
 
 
-_TRAIN_TEMP: dict[str, int] = {}          # program text -> measured bytes (programs recur across passes)
+_TRAIN_TEMP: dict[str, int] = {}  # program text -> measured bytes (programs recur across passes)
 
 
 def train_temp_bytes(closed: ClosedJaxpr) -> int:
@@ -152,6 +155,7 @@ def stored_bytes(closed: ClosedJaxpr) -> int:
             for i, v in zip(diff, d):
                 args[i] = v
             return fun(*args)
+
         return jax.vjp(f, *d)[1]
 
     rest = [None if i in diff else a for i, a in enumerate(avals)]

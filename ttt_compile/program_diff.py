@@ -6,6 +6,7 @@ bodies follow it, indented).  The two line sequences are aligned (difflib); an a
 differs is a rewrite (`~`), an unmatched line of the old program was removed (`-`), of the new one
 added (`+`).  Unchanged runs are elided to a count.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,9 +41,12 @@ def equation_lines(jaxpr, depth: int = 0) -> list[str]:
     jaxpr = jaxpr.jaxpr if isinstance(jaxpr, ClosedJaxpr) else jaxpr
     lines = []
     for eqn in jaxpr.eqns:
-        params = ", ".join(f"{k}={_param(v)}" for k, v in sorted(eqn.params.items())
-                           if not isinstance(v, (ClosedJaxpr, Jaxpr)) and not (
-                               isinstance(v, tuple) and v and isinstance(v[0], (ClosedJaxpr, Jaxpr))))
+        params = ", ".join(
+            f"{k}={_param(v)}"
+            for k, v in sorted(eqn.params.items())
+            if not isinstance(v, (ClosedJaxpr, Jaxpr))
+            and not (isinstance(v, tuple) and v and isinstance(v[0], (ClosedJaxpr, Jaxpr)))
+        )
         outs = " ".join(_aval(v.aval) for v in eqn.outvars)
         ins = " ".join(_aval(v.aval) for v in eqn.invars)
         lines.append(f"{'  ' * depth}{outs} = {eqn.primitive}[{params}] {ins}")
@@ -87,6 +91,8 @@ def diff(before, after, context: int = 1) -> ProgramDiff:
         out.extend(f"+ {line}" for line in new[j:j2])
         counts["added"] += j2 - j
     changed = counts["removed"] + counts["added"] + counts["rewritten"]
-    head = (f"{counts['removed']} removed, {counts['added']} added, {counts['rewritten']} rewritten, "
-            f"{counts['unchanged']} unchanged")
+    head = (
+        f"{counts['removed']} removed, {counts['added']} added, {counts['rewritten']} rewritten, "
+        f"{counts['unchanged']} unchanged"
+    )
     return ProgramDiff(text="\n".join([head, *out]) if changed else head + " (no change)", **counts)

@@ -6,6 +6,7 @@ For a model m, example inputs x and a pipeline of passes:
 where theta are the outer parameters (every float leaf) and r is a fixed random cotangent.
 Errors are relative: max|a - b| / max(max|b|, tiny).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -49,8 +50,10 @@ def _call(model, x):
 
 def outer_grads(model, x, r):
     """Gradients of sum(sin(model(x)) * r) w.r.t. every float leaf of `model`."""
+
     def loss(m):
         return jnp.sum(jnp.sin(m(x)) * r)
+
     return eqx.filter_jit(eqx.filter_grad(loss))(model)
 
 

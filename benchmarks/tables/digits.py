@@ -27,6 +27,7 @@ with the paper's qualitative claims) and ``OUT/accuracy.png`` (test accuracy aga
 over seeds with the min..max band). Each run's metrics, checkpoints and plots stay in
 ``RUNS/<config>/seed<S>/``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,8 +41,16 @@ import numpy as np
 
 from ttt_compile.benchmarks.tables import provenance
 
-TABLE = ["digits_linear_attention", "digits_linear_attention_elu1", "digits_mttt_linear", "digits_mttt_mlp",
-         "digits_mttt_mlp_full4", "digits_mttt_mlp_sgd4", "digits_mttt_kernel", "digits_self_attention"]
+TABLE = [
+    "digits_linear_attention",
+    "digits_linear_attention_elu1",
+    "digits_mttt_linear",
+    "digits_mttt_mlp",
+    "digits_mttt_mlp_full4",
+    "digits_mttt_mlp_sgd4",
+    "digits_mttt_kernel",
+    "digits_self_attention",
+]
 LABELS = {
     "digits_linear_attention": "linear attention (identity)",
     "digits_linear_attention_elu1": "linear attention (elu+1)",
@@ -54,9 +63,11 @@ LABELS = {
 }
 FLOOR = "logistic regression (raw pixels)"
 # The paper's qualitative claims: (left row, relation, right row).
-CLAIMS = [("digits_mttt_linear", "~", "digits_linear_attention"),
-          ("digits_mttt_mlp", ">", "digits_mttt_linear"),
-          ("digits_mttt_mlp_sgd4", ">=", "digits_mttt_mlp")]
+CLAIMS = [
+    ("digits_mttt_linear", "~", "digits_linear_attention"),
+    ("digits_mttt_mlp", ">", "digits_mttt_linear"),
+    ("digits_mttt_mlp_sgd4", ">=", "digits_mttt_mlp"),
+]
 # Pairs that are the same function in exact arithmetic with the same initial weights (the paper's
 # equivalences; tests/test_equivalence.py): with the same seed they differ only by float rounding.
 EQUIVALENT = [("digits_mttt_linear", "digits_linear_attention"), ("digits_mttt_kernel", "digits_self_attention")]
@@ -83,13 +94,19 @@ def run(name: str, seed: int, runs: Path, steps: int | None, plots: bool = True)
     test_records = [r for r in records if r["split"] == "test"]
     inner = test_records[-1].get("inner_loss", {})
     return {
-        "config": config.name, "seed": seed, "layer": config.layer, "layer_options": dict(config.layer_options),
-        "steps": result["step"], "params": result["params"],
-        "test_accuracy": result["test_accuracy"], "test_loss": result["test_loss"],
+        "config": config.name,
+        "seed": seed,
+        "layer": config.layer,
+        "layer_options": dict(config.layer_options),
+        "steps": result["step"],
+        "params": result["params"],
+        "test_accuracy": result["test_accuracy"],
+        "test_loss": result["test_loss"],
         "train_loss": float(np.mean([r["loss"] for r in train_records[-4:]])),
         "train_accuracy": float(np.mean([r["accuracy"] for r in train_records[-4:]])),
         "images_per_s": float(np.median([r["images_per_s"] for r in train_records[1:] or train_records])),
-        "wall_s": wall, "loop_s": train_records[-1]["elapsed_s"],
+        "wall_s": wall,
+        "loop_s": train_records[-1]["elapsed_s"],
         "inner_loss_block0": inner.get("blocks[0]"),
         "accuracy_curve": [(r["step"], r["accuracy"]) for r in test_records],
         "train_loss_curve": [(r["step"], r["loss"]) for r in train_records],
@@ -103,6 +120,7 @@ def forward_cost(name: str, seed: int, workdir: Path) -> dict:
     The parameters are arguments of the measured function (not constants XLA could fold)."""
     import equinox as eqx
     import jax
+
     from ttt_compile import cost
     from ttt_compile.configs import load_config
     from ttt_compile.training import Checkpoints, make_task
@@ -123,8 +141,9 @@ def forward_cost(name: str, seed: int, workdir: Path) -> dict:
 # ------------------------------------------------------------------------------------- the floor
 
 
-def logistic_regression(seed: int, *, steps: int = 500, lr: float = 0.05, l2_grid=L2_GRID,
-                        val_fraction: float = 0.2) -> dict:
+def logistic_regression(
+    seed: int, *, steps: int = 500, lr: float = 0.05, l2_grid=L2_GRID, val_fraction: float = 0.2
+) -> dict:
     """Softmax regression on the raw (standardised) pixels; L2 picked on a held-out part of the train split.
 
     One jitted program: fit every L2 of the grid on the training split minus a held-out ``val_fraction``
@@ -133,6 +152,7 @@ def logistic_regression(seed: int, *, steps: int = 500, lr: float = 0.05, l2_gri
     import jax
     import jax.numpy as jnp
     import optax
+
     from ttt_compile import cost
     from ttt_compile.configs import Config
     from ttt_compile.training.data import load_digits
@@ -174,19 +194,29 @@ def logistic_regression(seed: int, *, steps: int = 500, lr: float = 0.05, l2_gri
 
     perm = np.random.default_rng(seed).permutation(len(x_train))
     held_out = np.zeros(len(x_train), np.float32)
-    held_out[perm[:int(round(len(x_train) * val_fraction))]] = 1.0
+    held_out[perm[: int(round(len(x_train) * val_fraction))]] = 1.0
     params, final_loss, val_acc, best = jax.device_get(select_and_fit(held_out, jax.random.PRNGKey(seed)))
     train_pred = np.argmax(x_train @ params["w"] + params["b"], -1)
     logits = x_test @ params["w"] + params["b"]  # numpy: scored once, outside the selection
     z = logits - logits.max(-1, keepdims=True)
     test_loss = float(np.mean(np.log(np.exp(z).sum(-1)) - z[np.arange(len(y_test)), y_test]))
     c = cost.of(forward, params, x_test[0])
-    return {"config": "logistic_regression", "seed": seed, "layer": "logistic_regression", "layer_options": {},
-            "steps": steps, "params": int(sum(np.size(v) for v in params.values())),
-            "test_accuracy": float(np.mean(np.argmax(logits, -1) == y_test)), "test_loss": test_loss,
-            "train_accuracy": float(np.mean(train_pred == y_train)), "train_loss": float(final_loss),
-            "l2": float(l2_grid[int(best)]), "val_accuracy": {f"{k:g}": float(v) for k, v in zip(l2_grid, val_acc)},
-            "flops": c.flops, "wall_s": time.perf_counter() - t0}
+    return {
+        "config": "logistic_regression",
+        "seed": seed,
+        "layer": "logistic_regression",
+        "layer_options": {},
+        "steps": steps,
+        "params": int(sum(np.size(v) for v in params.values())),
+        "test_accuracy": float(np.mean(np.argmax(logits, -1) == y_test)),
+        "test_loss": test_loss,
+        "train_accuracy": float(np.mean(train_pred == y_train)),
+        "train_loss": float(final_loss),
+        "l2": float(l2_grid[int(best)]),
+        "val_accuracy": {f"{k:g}": float(v) for k, v in zip(l2_grid, val_acc)},
+        "flops": c.flops,
+        "wall_s": time.perf_counter() - t0,
+    }
 
 
 # ------------------------------------------------------------------------------------- summaries
@@ -203,10 +233,17 @@ def summarise(runs: list[dict], costs: dict[str, dict]) -> list[dict]:
     rows = []
     for name in dict.fromkeys(r["config"] for r in runs):
         rs = [r for r in runs if r["config"] == name]
-        row = {"config": name, "label": LABELS.get(name, name), "layer": rs[0]["layer"],
-               "layer_options": rs[0]["layer_options"], "seeds": [r["seed"] for r in rs], "steps": rs[0]["steps"],
-               "params": rs[0]["params"], "flops_per_example": costs.get(name, {}).get("flops", rs[0].get("flops")),
-               "per_seed_accuracy": [r["test_accuracy"] for r in rs]}
+        row = {
+            "config": name,
+            "label": LABELS.get(name, name),
+            "layer": rs[0]["layer"],
+            "layer_options": rs[0]["layer_options"],
+            "seeds": [r["seed"] for r in rs],
+            "steps": rs[0]["steps"],
+            "params": rs[0]["params"],
+            "flops_per_example": costs.get(name, {}).get("flops", rs[0].get("flops")),
+            "per_seed_accuracy": [r["test_accuracy"] for r in rs],
+        }
         for key in ("test_accuracy", "test_loss", "train_loss", "train_accuracy", "wall_s", "images_per_s"):
             if all(key in r for r in rs):
                 row[key + "_mean"], row[key + "_std"] = mean_std([r[key] for r in rs])
@@ -237,16 +274,36 @@ def compare(rows: list[dict]) -> list[dict]:
         elif rel == "~":
             verdict = "holds (within seed noise)" if noise else "does not hold (differ beyond seed noise)"
         elif rel == ">":
-            verdict = ("holds" if diff > 0 and not noise else "direction holds, within seed noise" if diff > 0
-                       else "not observed (within seed noise)" if noise else "does not hold (reversed beyond seed noise)")
+            verdict = (
+                "holds"
+                if diff > 0 and not noise
+                else "direction holds, within seed noise"
+                if diff > 0
+                else "not observed (within seed noise)"
+                if noise
+                else "does not hold (reversed beyond seed noise)"
+            )
         else:  # >=
-            verdict = ("holds (better beyond seed noise)" if diff > 0 and not noise else
-                       "holds only as 'not worse' (within seed noise)" if noise
-                       else "does not hold (worse beyond seed noise)")
-        out.append({"claim": f"{LABELS[left]} {rel} {LABELS[right]}", "left": left, "right": right, "relation": rel,
-                    "diff": diff, "se": se, "verdict": verdict,
-                    "seed_wins": sum(x > y for x, y in zip(a["per_seed_accuracy"], b["per_seed_accuracy"])),
-                    "seeds": min(len(a["seeds"]), len(b["seeds"]))})
+            verdict = (
+                "holds (better beyond seed noise)"
+                if diff > 0 and not noise
+                else "holds only as 'not worse' (within seed noise)"
+                if noise
+                else "does not hold (worse beyond seed noise)"
+            )
+        out.append(
+            {
+                "claim": f"{LABELS[left]} {rel} {LABELS[right]}",
+                "left": left,
+                "right": right,
+                "relation": rel,
+                "diff": diff,
+                "se": se,
+                "verdict": verdict,
+                "seed_wins": sum(x > y for x, y in zip(a["per_seed_accuracy"], b["per_seed_accuracy"])),
+                "seeds": min(len(a["seeds"]), len(b["seeds"])),
+            }
+        )
     return out
 
 
@@ -260,26 +317,39 @@ def rounding_divergence(runs: list[dict]) -> list[dict]:
             b = next((r for r in runs if r["config"] == right and r["seed"] == a["seed"]), None)
             if b is None:
                 continue
-            rel = [(s, abs(x - y) / max(abs(y), 1e-12))
-                   for (s, x), (_, y) in zip(a["train_loss_curve"], b["train_loss_curve"])]
-            out.append({"left": left, "right": right, "seed": a["seed"], "first_log_step": rel[0][0],
-                        "first_log_rel_diff": rel[0][1],
-                        "first_step_rel_diff_above_1e-3": next((s for s, d in rel if d > 1e-3), None),
-                        "test_accuracy": [a["test_accuracy"], b["test_accuracy"]]})
+            rel = [
+                (s, abs(x - y) / max(abs(y), 1e-12))
+                for (s, x), (_, y) in zip(a["train_loss_curve"], b["train_loss_curve"])
+            ]
+            out.append(
+                {
+                    "left": left,
+                    "right": right,
+                    "seed": a["seed"],
+                    "first_log_step": rel[0][0],
+                    "first_log_rel_diff": rel[0][1],
+                    "first_step_rel_diff_above_1e-3": next((s for s, d in rel if d > 1e-3), None),
+                    "test_accuracy": [a["test_accuracy"], b["test_accuracy"]],
+                }
+            )
     return out
 
 
 def divergence_text(pairs: list[dict]) -> str:
     if not pairs:
         return ""
-    lines = ["| pair (same seed, same initial weights, same batches) | seed | train loss rel. diff. at first log "
-             "| first logged step with rel. diff. > 1e-3 | final test accuracy (left / right) |",
-             "|---|---:|---:|---:|---|"]
+    lines = [
+        "| pair (same seed, same initial weights, same batches) | seed | train loss rel. diff. at first log "
+        "| first logged step with rel. diff. > 1e-3 | final test accuracy (left / right) |",
+        "|---|---:|---:|---:|---|",
+    ]
     for p in pairs:
         step = p["first_step_rel_diff_above_1e-3"]
-        lines.append(f"| {LABELS[p['left']]} vs {LABELS[p['right']]} | {p['seed']} | {p['first_log_rel_diff']:.1e} "
-                     f"(step {p['first_log_step']}) | {step if step is not None else 'never'} "
-                     f"| {p['test_accuracy'][0]:.4f} / {p['test_accuracy'][1]:.4f} |")
+        lines.append(
+            f"| {LABELS[p['left']]} vs {LABELS[p['right']]} | {p['seed']} | {p['first_log_rel_diff']:.1e} "
+            f"(step {p['first_log_step']}) | {step if step is not None else 'never'} "
+            f"| {p['test_accuracy'][0]:.4f} / {p['test_accuracy'][1]:.4f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -297,9 +367,11 @@ def _si(x: float) -> str:
 
 
 def markdown_table(rows: list[dict]) -> str:
-    head = ("| layer | options | test accuracy (mean ± std) | per seed | params | forward FLOPs / example "
-            "| train wall s (mean ± std) | images/s | train loss | test loss | inner loss block 0, t = 0 .. T |\n"
-            "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|\n")
+    head = (
+        "| layer | options | test accuracy (mean ± std) | per seed | params | forward FLOPs / example "
+        "| train wall s (mean ± std) | images/s | train loss | test loss | inner loss block 0, t = 0 .. T |\n"
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---|\n"
+    )
     lines = []
     for r in rows:
         options = ", ".join(f"{k}={v}" for k, v in r["layer_options"].items()) or "-"
@@ -309,64 +381,92 @@ def markdown_table(rows: list[dict]) -> str:
         flops = _si(r["flops_per_example"]) if r["flops_per_example"] is not None else "-"
         ips = f"{r['images_per_s_mean']:.0f}" if "images_per_s_mean" in r else "-"
         per_seed = " / ".join(f"{a:.3f}" for a in r["per_seed_accuracy"])
-        lines.append(f"| {r['label']} | {options} | {_pm(r, 'test_accuracy', '.4f')} | {per_seed} | {r['params']:,} "
-                     f"| {flops} | {_pm(r, 'wall_s', '.0f')} | {ips} | {_pm(r, 'train_loss', '.3f')} "
-                     f"| {_pm(r, 'test_loss', '.3f')} | {inner} |")
+        lines.append(
+            f"| {r['label']} | {options} | {_pm(r, 'test_accuracy', '.4f')} | {per_seed} | {r['params']:,} "
+            f"| {flops} | {_pm(r, 'wall_s', '.0f')} | {ips} | {_pm(r, 'train_loss', '.3f')} "
+            f"| {_pm(r, 'test_loss', '.3f')} | {inner} |"
+        )
     return head + "\n".join(lines) + "\n"
 
 
 def comparison_text(claims: list[dict]) -> str:
-    lines = ["| paper's claim | difference of mean accuracy | 2 × standard error | seeds where left > right | verdict |",
-             "|---|---:|---:|---:|---|"]
+    lines = [
+        "| paper's claim | difference of mean accuracy | 2 × standard error | seeds where left > right | verdict |",
+        "|---|---:|---:|---:|---|",
+    ]
     if not claims:
         lines.append("| (the rows a claim compares were not all run) | | | | |")
     for c in claims:
-        lines.append(f"| {c['claim']} | {c['diff'] * 100:+.2f} pt | {2 * c['se'] * 100:.2f} pt "
-                     f"| {c['seed_wins']} / {c['seeds']} | {c['verdict']} |")
+        lines.append(
+            f"| {c['claim']} | {c['diff'] * 100:+.2f} pt | {2 * c['se'] * 100:.2f} pt "
+            f"| {c['seed_wins']} / {c['seeds']} | {c['verdict']} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def markdown(rows: list[dict], claims: list[dict], meta: dict, notes: str = "", pairs: list[dict] = ()) -> str:
     m = meta
-    steps = (f"{m['steps']} steps for every layer (overriding the configs' {m['config_steps']})" if m["steps"]
-             else f"the configs' {m['config_steps']} steps")
-    return "\n".join([
-        f"# Digits at pixel level: one ViT recipe, attention layer swapped ({m['date']})", "",
-        "8x8 digits (1797 images; a fixed 1438 / 359 train / test split shared by every row and seed), pixels "
-        "standardised, every pixel a token (n = 64). Each layer sits in the same 2-block ViT (width 32, 2 heads, "
-        f"MLP 64, learned position embedding, mean pooling) trained with AdamW for {steps}, batch 64, lr 3e-3 "
-        "(warmup + cosine), weight decay 1e-4 (`ttt_compile/configs/_digits_base.py`), every TTT layer compiled by "
-        f"the default passes. Seeds {m['seeds']} (`Config.seed`: initial weights and batch order). Mean ± sample std "
-        "(ddof 1) over seeds.", "",
-        "Columns: *params* counts every trained float; *forward FLOPs / example* is XLA's cost analysis of the trained "
-        "compiled model applied to one image with loop trip counts included (`ttt_compile.cost.of`; it depends on the "
-        "architecture only, measured on the first seed's model); *train wall s* is the whole `train()` call (build, "
-        "compile, the training loop, evaluations every 100 steps, checkpoints) on a shared machine, so it is noisy; "
-        "*images/s* the median training throughput; *train loss* the mean over the last 80 steps (for the floor: its "
-        "final full-batch objective, L2 term included); *inner loss* the TTT "
-        "layer's reconstruction loss before and after each inner step on the test images (block 0, mean over seeds).",
-        "",
-        f"The floor: softmax regression on the 64 raw pixels, full-batch Adam ({m['floor']['steps']} steps, lr "
-        f"{m['floor']['lr']}), L2 on W chosen from {m['floor']['l2_grid']} by accuracy on a held-out 20% of the training split "
-        "(drawn with the seed), refit on the whole training split, scored once on the test split.", "",
-        markdown_table(rows),
-        "## Against the paper's qualitative claims", "",
-        "Difference of mean test accuracy (left row minus right row) against twice its standard error over seeds "
-        f"(a rough rule: with {len(m['seeds'])} seed(s) the standard error is itself uncertain; 1 test image is "
-        "0.28 pt).", "",
-        comparison_text(claims),
-        *(["How large is run-to-run noise beyond the seed? The paper's equivalences give an exact control: "
-            "these pairs compute the same function from the same initial weights on the same batches, so their "
-            "runs differ only by float32 rounding (a different order of the same sums), which training amplifies:",
-            "", divergence_text(pairs)] if pairs else []),
-        notes,
-        "## How it was made", "",
-        f"Command (from the repository root): `{m['command']}`", "",
-        f"Machine: {m['machine']}; {m['cpus']} CPU cores visible ({m['cpu']}); jax {m['jax']} on {m['backend']}; "
-        f"Python {m['python']}; process niceness {m['niceness']}; load average at start {m['load_start']} (other "
-        f"benchmarks were running on the same cores). Total wall time {m['wall_s'] / 60:.1f} min.", "",
-        f"Per-run metrics, checkpoints and curves: `{m.get('runs_dir', 'RUNS')}/<config>/seed<S>/` (not committed); "
-        "every number above, per seed, is in `results.json`.", ""])
+    steps = (
+        f"{m['steps']} steps for every layer (overriding the configs' {m['config_steps']})"
+        if m["steps"]
+        else f"the configs' {m['config_steps']} steps"
+    )
+    return "\n".join(
+        [
+            f"# Digits at pixel level: one ViT recipe, attention layer swapped ({m['date']})",
+            "",
+            "8x8 digits (1797 images; a fixed 1438 / 359 train / test split shared by every row and seed), pixels "
+            "standardised, every pixel a token (n = 64). Each layer sits in the same 2-block ViT (width 32, 2 heads, "
+            f"MLP 64, learned position embedding, mean pooling) trained with AdamW for {steps}, batch 64, lr 3e-3 "
+            "(warmup + cosine), weight decay 1e-4 (`ttt_compile/configs/_digits_base.py`), every TTT layer compiled by "
+            f"the default passes. Seeds {m['seeds']} (`Config.seed`: initial weights and batch order). Mean ± sample std "
+            "(ddof 1) over seeds.",
+            "",
+            "Columns: *params* counts every trained float; *forward FLOPs / example* is XLA's cost analysis of the trained "
+            "compiled model applied to one image with loop trip counts included (`ttt_compile.cost.of`; it depends on the "
+            "architecture only, measured on the first seed's model); *train wall s* is the whole `train()` call (build, "
+            "compile, the training loop, evaluations every 100 steps, checkpoints) on a shared machine, so it is noisy; "
+            "*images/s* the median training throughput; *train loss* the mean over the last 80 steps (for the floor: its "
+            "final full-batch objective, L2 term included); *inner loss* the TTT "
+            "layer's reconstruction loss before and after each inner step on the test images (block 0, mean over seeds).",
+            "",
+            f"The floor: softmax regression on the 64 raw pixels, full-batch Adam ({m['floor']['steps']} steps, lr "
+            f"{m['floor']['lr']}), L2 on W chosen from {m['floor']['l2_grid']} by accuracy on a held-out 20% of the training split "
+            "(drawn with the seed), refit on the whole training split, scored once on the test split.",
+            "",
+            markdown_table(rows),
+            "## Against the paper's qualitative claims",
+            "",
+            "Difference of mean test accuracy (left row minus right row) against twice its standard error over seeds "
+            f"(a rough rule: with {len(m['seeds'])} seed(s) the standard error is itself uncertain; 1 test image is "
+            "0.28 pt).",
+            "",
+            comparison_text(claims),
+            *(
+                [
+                    "How large is run-to-run noise beyond the seed? The paper's equivalences give an exact control: "
+                    "these pairs compute the same function from the same initial weights on the same batches, so their "
+                    "runs differ only by float32 rounding (a different order of the same sums), which training amplifies:",
+                    "",
+                    divergence_text(pairs),
+                ]
+                if pairs
+                else []
+            ),
+            notes,
+            "## How it was made",
+            "",
+            f"Command (from the repository root): `{m['command']}`",
+            "",
+            f"Machine: {m['machine']}; {m['cpus']} CPU cores visible ({m['cpu']}); jax {m['jax']} on {m['backend']}; "
+            f"Python {m['python']}; process niceness {m['niceness']}; load average at start {m['load_start']} (other "
+            f"benchmarks were running on the same cores). Total wall time {m['wall_s'] / 60:.1f} min.",
+            "",
+            f"Per-run metrics, checkpoints and curves: `{m.get('runs_dir', 'RUNS')}/<config>/seed<S>/` (not committed); "
+            "every number above, per seed, is in `results.json`.",
+            "",
+        ]
+    )
 
 
 def plot(runs: list[dict], rows: list[dict], path: Path) -> None:
@@ -407,9 +507,22 @@ def plot(runs: list[dict], rows: list[dict], path: Path) -> None:
 # ------------------------------------------------------------------------------------------ main
 
 
-def build_table(names: list[str], seeds: list[int], out: Path, runs_dir: Path, steps: int | None, *,
-                floor: bool = True, floor_steps: int = 500, floor_lr: float = 0.05, floor_l2_grid=L2_GRID,
-                run_plots: bool = True, notes: str = "", command: str | None = None, log=print) -> dict:
+def build_table(
+    names: list[str],
+    seeds: list[int],
+    out: Path,
+    runs_dir: Path,
+    steps: int | None,
+    *,
+    floor: bool = True,
+    floor_steps: int = 500,
+    floor_lr: float = 0.05,
+    floor_l2_grid=L2_GRID,
+    run_plots: bool = True,
+    notes: str = "",
+    command: str | None = None,
+    log=print,
+) -> dict:
     """Train ``names`` x ``seeds`` (and the floor), write results.json / results.md / accuracy.png to ``out``."""
     from ttt_compile.configs import load_config
 
@@ -429,18 +542,25 @@ def build_table(names: list[str], seeds: list[int], out: Path, runs_dir: Path, s
     if floor:
         for seed in seeds:
             runs.append(logistic_regression(seed, steps=floor_steps, lr=floor_lr, l2_grid=floor_l2_grid))
-            log(f"logistic regression seed {seed}: test accuracy {runs[-1]['test_accuracy']:.4f} "
-                f"(L2 {runs[-1]['l2']:g})")
+            log(
+                f"logistic regression seed {seed}: test accuracy {runs[-1]['test_accuracy']:.4f} "
+                f"(L2 {runs[-1]['l2']:g})"
+            )
     rows = summarise(runs, costs)
     for row in rows:
         if row["config"] == "logistic_regression":
             row["label"] = FLOOR
     claims = compare(rows)
     pairs = rounding_divergence(runs)
-    meta.update(seeds=list(seeds), steps=steps, config_steps=sorted({load_config(n).steps for n in names}),
-                floor={"steps": floor_steps, "lr": floor_lr, "l2_grid": list(floor_l2_grid)},
-                command=command or provenance.command("digits", None), runs_dir=str(runs_dir),
-                wall_s=time.perf_counter() - t_start)
+    meta.update(
+        seeds=list(seeds),
+        steps=steps,
+        config_steps=sorted({load_config(n).steps for n in names}),
+        floor={"steps": floor_steps, "lr": floor_lr, "l2_grid": list(floor_l2_grid)},
+        command=command or provenance.command("digits", None),
+        runs_dir=str(runs_dir),
+        wall_s=time.perf_counter() - t_start,
+    )
     meta["config_steps"] = "/".join(map(str, meta["config_steps"]))
     result = {"meta": meta, "rows": rows, "claims": claims, "rounding_divergence": pairs, "runs": runs}
     (out / "results.json").write_text(json.dumps(result, indent=1) + "\n")
@@ -450,17 +570,24 @@ def build_table(names: list[str], seeds: list[int], out: Path, runs_dir: Path, s
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=provenance.scratch_out("digits"),
-                        help="where results.{md,json} and accuracy.png go (default runs/tables/digits; the committed "
-                        "table is benchmarks/results/digits)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=provenance.scratch_out("digits"),
+        help="where results.{md,json} and accuracy.png go (default runs/tables/digits; the committed "
+        "table is benchmarks/results/digits)",
+    )
     parser.add_argument("--runs", default="runs/digits_table", help="per-run work folders (default runs/digits_table)")
     parser.add_argument("--steps", type=int, help="override every config's number of steps (the same for all)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Config.seed values (default 0 1 2)")
     parser.add_argument("--only", nargs="+", choices=TABLE, help="a subset of rows")
     parser.add_argument("--no-floor", action="store_true", help="skip the logistic-regression floor")
     parser.add_argument("--notes", help="a markdown file whose text is added after the comparison")
-    parser.add_argument("--render", metavar="RESULTS_JSON", help="train nothing: rewrite results.md and accuracy.png "
-                        "in --out from this results.json (e.g. to add --notes)")
+    parser.add_argument(
+        "--render",
+        metavar="RESULTS_JSON",
+        help="train nothing: rewrite results.md and accuracy.png in --out from this results.json (e.g. to add --notes)",
+    )
 
 
 def run_table(args: argparse.Namespace, argv: list[str] | None = None) -> int:
@@ -475,12 +602,21 @@ def run_table(args: argparse.Namespace, argv: list[str] | None = None) -> int:
         print(f"wrote {out / 'results.md'}, {out / 'accuracy.png'} from {args.render}")
         return 0
     provenance.announce("digits", out)
-    result = build_table(args.only or TABLE, args.seeds, out, Path(args.runs), args.steps,
-                         floor=not args.no_floor, notes=notes, command=provenance.command("digits", argv),
-                         log=lambda *a: print(*a, flush=True))
+    result = build_table(
+        args.only or TABLE,
+        args.seeds,
+        out,
+        Path(args.runs),
+        args.steps,
+        floor=not args.no_floor,
+        notes=notes,
+        command=provenance.command("digits", argv),
+        log=lambda *a: print(*a, flush=True),
+    )
     print(markdown_table(result["rows"]))
     print(comparison_text(result["claims"]))
-    print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'accuracy.png'} "
-          f"in {result['meta']['wall_s'] / 60:.1f} min")
+    print(
+        f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'accuracy.png'} "
+        f"in {result['meta']['wall_s'] / 60:.1f} min"
+    )
     return 0
-

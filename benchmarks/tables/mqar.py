@@ -11,6 +11,7 @@ no MQAR-specific tuning). Writes ``DIR/mqar_table.json`` and ``DIR/mqar_table.md
 ``runs/tables/mqar``; the committed table is ``benchmarks/results/online``). A full run (5 rows x 4
 cells x 3 seeds) took about 43 min on a shared 2-core CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,17 +38,21 @@ ROWS = {
 def markdown(rows: list[dict], meta: dict) -> str:
     widths, lengths = meta["widths"], meta["lengths"]
     cols = [(w, L) for L in lengths for w in widths]
-    c0 = rows[-1]["config"]              # the newest row (a merged table may hold rows of an older format)
-    lines = [f"# MQAR recall accuracy ({meta['date']})", "",
-             f"Mean (min..max) over seeds {meta['seeds']}; N = L/8 pairs, vocabulary {c0['vocab']}, depth "
-             f"{c0['depth']}, {c0['heads']} heads, {meta['steps']} AdamW steps of batch {c0['batch_size']} "
-             f"(fresh examples each step), accuracy on {c0['eval_examples']} held-out examples. "
-             f"Machine: {meta.get('cpu', meta.get('machine'))}, {meta.get('cpus', '?')} CPUs (shared); total wall time "
-             f"{meta['wall_s'] / 60:.1f} min. "
-             "Chance is 1/64 (values are drawn from 64 ids). MTTT rows: online inner loop with eta = 0.003, "
-             f"`b=1, T=n` = one token per inner step, `b=16` = chunks of 16 tokens. Command: `{meta.get('command', 'ttt-compile table mqar')}`.", "",
-             "| model | " + " | ".join(f"d={w}, L={L} (N={L // 8})" for w, L in cols) + " |",
-             "| --- | " + " | ".join("---:" for _ in cols) + " |"]
+    c0 = rows[-1]["config"]  # the newest row (a merged table may hold rows of an older format)
+    lines = [
+        f"# MQAR recall accuracy ({meta['date']})",
+        "",
+        f"Mean (min..max) over seeds {meta['seeds']}; N = L/8 pairs, vocabulary {c0['vocab']}, depth "
+        f"{c0['depth']}, {c0['heads']} heads, {meta['steps']} AdamW steps of batch {c0['batch_size']} "
+        f"(fresh examples each step), accuracy on {c0['eval_examples']} held-out examples. "
+        f"Machine: {meta.get('cpu', meta.get('machine'))}, {meta.get('cpus', '?')} CPUs (shared); total wall time "
+        f"{meta['wall_s'] / 60:.1f} min. "
+        "Chance is 1/64 (values are drawn from 64 ids). MTTT rows: online inner loop with eta = 0.003, "
+        f"`b=1, T=n` = one token per inner step, `b=16` = chunks of 16 tokens. Command: `{meta.get('command', 'ttt-compile table mqar')}`.",
+        "",
+        "| model | " + " | ".join(f"d={w}, L={L} (N={L // 8})" for w, L in cols) + " |",
+        "| --- | " + " | ".join("---:" for _ in cols) + " |",
+    ]
     for model in meta["models"]:
         cells = []
         for w, L in cols:
@@ -62,17 +67,26 @@ def markdown(rows: list[dict], meta: dict) -> str:
 def cost_markdown(rows: list[dict]) -> str:
     """Per model and cell: parameters, FLOPs of one training step (trip counts included) and the
     median seconds per step over the run's logging windows (rows recorded with them only)."""
-    cells = sorted({(r["model"], r["width"], r["length"]) for r in rows if r.get("flops_per_step")},
-                   key=lambda c: (c[2], c[1], c[0]))
+    cells = sorted(
+        {(r["model"], r["width"], r["length"]) for r in rows if r.get("flops_per_step")},
+        key=lambda c: (c[2], c[1], c[0]),
+    )
     if not cells:
         return ""
-    lines = ["", "Cost per training step (batch 32; FLOPs from XLA with loop trip counts; time: median over "
-             "seeds of each run's median logging window, shared machine):", "",
-             "| model | cell | params | MFLOP / step | ms / step |", "| --- | --- | ---: | ---: | ---: |"]
+    lines = [
+        "",
+        "Cost per training step (batch 32; FLOPs from XLA with loop trip counts; time: median over "
+        "seeds of each run's median logging window, shared machine):",
+        "",
+        "| model | cell | params | MFLOP / step | ms / step |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
     for model, w, L in cells:
         rs = [r for r in rows if (r["model"], r["width"], r["length"]) == (model, w, L)]
-        lines.append(f"| {ROWS.get(model, model)} | d={w}, L={L} | {rs[0]['params']:,} | "
-                     f"{rs[0]['flops_per_step'] / 1e6:,.1f} | {1e3 * statistics.median(r['step_s'] for r in rs):.0f} |")
+        lines.append(
+            f"| {ROWS.get(model, model)} | d={w}, L={L} | {rs[0]['params']:,} | "
+            f"{rs[0]['flops_per_step'] / 1e6:,.1f} | {1e3 * statistics.median(r['step_s'] for r in rs):.0f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -84,8 +98,14 @@ def merge(saved: dict, rows: list[dict], run: dict, note: str) -> tuple[list[dic
     meta = saved["meta"]
     meta["models"] = [*meta["models"], *[m for m in dict.fromkeys(r["model"] for r in rows) if m not in meta["models"]]]
     meta.setdefault("added", []).append(
-        {"date": run["date"], "wall_s": run["wall_s"], "command": run["command"], "load_start": run["load_start"],
-         "note": f"{note + '; ' if note else ''}command `{run['command']}`"})
+        {
+            "date": run["date"],
+            "wall_s": run["wall_s"],
+            "command": run["command"],
+            "load_start": run["load_start"],
+            "note": f"{note + '; ' if note else ''}command `{run['command']}`",
+        }
+    )
     return [r for r in saved["rows"] if key(r) not in new] + rows, meta
 
 
@@ -95,12 +115,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--widths", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--lengths", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--models", nargs="+", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--out", type=Path, default=provenance.scratch_out("mqar"),
-                        help="where mqar_table.{json,md} go (default runs/tables/mqar)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=provenance.scratch_out("mqar"),
+        help="where mqar_table.{json,md} go (default runs/tables/mqar)",
+    )
     parser.add_argument("--runs", type=Path, default=Path("runs/mqar_table"), help="per-run work folders")
     parser.add_argument("--render", action="store_true", help="only rewrite mqar_table.md from OUT/mqar_table.json")
-    parser.add_argument("--merge", action="store_true",
-                        help="add (or replace) these runs' rows in OUT/mqar_table.json instead of starting a new table")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="add (or replace) these runs' rows in OUT/mqar_table.json instead of starting a new table",
+    )
     parser.add_argument("--note", default="", help="with --merge: what the added rows are (printed under the table)")
 
 
@@ -124,21 +151,42 @@ def run_table(args: argparse.Namespace, argv: list[str] | None = None) -> int:
                     workdir = args.runs / config.name
                     shutil.rmtree(workdir, ignore_errors=True)
                     t = time.perf_counter()
-                    result = train(config, workdir=workdir, steps=args.steps, verbose=False, plots=False,
-                                   count_flops=True)
+                    result = train(
+                        config, workdir=workdir, steps=args.steps, verbose=False, plots=False, count_flops=True
+                    )
                     train_logs = [r for r in read_metrics(workdir / "metrics.jsonl") if r["split"] == "train"]
                     rates = [r["sequences_per_s"] for r in train_logs[1:] or train_logs]
-                    rows.append({"model": ROWS[model] if args.merge else model, "width": w, "length": L,
-                                 "seed": seed, "accuracy": result["test_accuracy"], "final_loss": train_logs[-1]["loss"],
-                                 "wall_s": time.perf_counter() - t, "params": result["params"],
-                                 "flops_per_step": result["flops_per_step"],
-                                 "step_s": config.batch_size / statistics.median(rates), "config": config.to_dict()})
+                    rows.append(
+                        {
+                            "model": ROWS[model] if args.merge else model,
+                            "width": w,
+                            "length": L,
+                            "seed": seed,
+                            "accuracy": result["test_accuracy"],
+                            "final_loss": train_logs[-1]["loss"],
+                            "wall_s": time.perf_counter() - t,
+                            "params": result["params"],
+                            "flops_per_step": result["flops_per_step"],
+                            "step_s": config.batch_size / statistics.median(rates),
+                            "config": config.to_dict(),
+                        }
+                    )
                     losses = [r["loss"] for r in train_logs]
-                    print(f"{model:<22} d={w:<3} L={L:<4} seed {seed}: accuracy {result['test_accuracy']:.3f} "
-                          f"(loss {losses[-1]:.3f}, {time.perf_counter() - t:.0f}s)", flush=True)
-    meta = {**provenance.machine_facts(), "widths": args.widths, "lengths": args.lengths, "seeds": args.seeds,
-            "steps": args.steps or rows[0]["config"]["steps"], "models": args.models,
-            "command": provenance.command("mqar", argv), "wall_s": time.perf_counter() - t0}
+                    print(
+                        f"{model:<22} d={w:<3} L={L:<4} seed {seed}: accuracy {result['test_accuracy']:.3f} "
+                        f"(loss {losses[-1]:.3f}, {time.perf_counter() - t:.0f}s)",
+                        flush=True,
+                    )
+    meta = {
+        **provenance.machine_facts(),
+        "widths": args.widths,
+        "lengths": args.lengths,
+        "seeds": args.seeds,
+        "steps": args.steps or rows[0]["config"]["steps"],
+        "models": args.models,
+        "command": provenance.command("mqar", argv),
+        "wall_s": time.perf_counter() - t0,
+    }
     if args.merge:
         rows, meta = merge(json.loads((out / "mqar_table.json").read_text()), rows, meta, args.note)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,7 @@
 """What every results table records about how it was made: the machine, the software, the command,
 the wall time; where it writes by default (a scratch folder, never the committed results); and how
 long a full run took when the committed table was made."""
+
 from __future__ import annotations
 
 import os
@@ -30,10 +31,17 @@ def machine_facts() -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "cpu": cpu,
-            "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-            "python": sys.version.split()[0], "jax": jax.__version__, "backend": jax.default_backend(),
-            "niceness": os.nice(0), "load_start": " ".join(f"{x:.1f}" for x in os.getloadavg())}
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": platform.platform(),
+        "cpu": cpu,
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": sys.version.split()[0],
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "niceness": os.nice(0),
+        "load_start": " ".join(f"{x:.1f}" for x in os.getloadavg()),
+    }
 
 
 def command(table: str, argv: list[str] | None) -> str:
@@ -46,5 +54,7 @@ def command(table: str, argv: list[str] | None) -> str:
 
 
 def announce(table: str, out: Path, say=print) -> None:
-    say(f"table {table}: writing to {out} (a full run took about {FULL_RUN_MIN[table]} min on a shared 2-core CPU)",
-        flush=True)
+    say(
+        f"table {table}: writing to {out} (a full run took about {FULL_RUN_MIN[table]} min on a shared 2-core CPU)",
+        flush=True,
+    )

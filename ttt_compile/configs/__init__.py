@@ -4,6 +4,7 @@
 imports any file that defines ``get_config``. ``validate(config, ...)`` checks a config against the
 data and the devices and raises :class:`ConfigError` naming the field and the fix.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -114,8 +115,10 @@ class Config:
         """A copy with ``changes`` applied; unknown field names raise :class:`ConfigError`."""
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
         if unknown:
-            raise ConfigError(f"unknown config field(s) {', '.join(unknown)}: valid fields are "
-                              f"{', '.join(f.name for f in dataclasses.fields(self))}")
+            raise ConfigError(
+                f"unknown config field(s) {', '.join(unknown)}: valid fields are "
+                f"{', '.join(f.name for f in dataclasses.fields(self))}"
+            )
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,22 +158,24 @@ def load_config(name_or_path: str) -> Config:
     path = Path(name_or_path)
     if path.suffix == ".py" or path.exists():
         if not path.is_file():
-            raise ConfigError(f"config file {name_or_path} does not exist: give a .py file that defines "
-                              f"get_config() or one of: {', '.join(available())}")
+            raise ConfigError(
+                f"config file {name_or_path} does not exist: give a .py file that defines "
+                f"get_config() or one of: {', '.join(available())}"
+            )
         spec = importlib.util.spec_from_file_location(f"_ttt_config_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     else:
         if name_or_path not in available():
-            raise ConfigError(f"unknown config {name_or_path!r}: give a .py path or one of: "
-                              f"{', '.join(available())}")
+            raise ConfigError(f"unknown config {name_or_path!r}: give a .py path or one of: {', '.join(available())}")
         module = importlib.import_module(f"{__name__}.{name_or_path}")
     if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"config {name_or_path} defines no get_config(): add `def get_config() -> Config`")
     config = module.get_config()
     if not isinstance(config, Config):
-        raise ConfigError(f"get_config() in {name_or_path} returned {type(config).__name__}, "
-                          "not ttt_compile.configs.Config")
+        raise ConfigError(
+            f"get_config() in {name_or_path} returned {type(config).__name__}, not ttt_compile.configs.Config"
+        )
     return config
 
 
@@ -187,8 +192,10 @@ def data_spec(data: str) -> tuple[str, str | None]:
         return kind, None
     if kind == "imagenet" and where:
         return "imagenet", where
-    raise ConfigError(f"data={data!r} is not a data set: use 'digits', 'imagenet:DIR' "
-                      "(DIR holding train/<class>/*.JPEG and val/<class>/*.JPEG), 'text' or 'mqar'")
+    raise ConfigError(
+        f"data={data!r} is not a data set: use 'digits', 'imagenet:DIR' "
+        "(DIR holding train/<class>/*.JPEG and val/<class>/*.JPEG), 'text' or 'mqar'"
+    )
 
 
 def task_of(config: Config) -> str:
@@ -205,16 +212,22 @@ def mesh_shape(mesh: Mapping[str, int], num_devices: int) -> dict[str, int]:
     sizes = dict(mesh)
     free = [k for k, v in sizes.items() if v == -1]
     bad = [k for k, v in sizes.items() if not (isinstance(v, int) and (v > 0 or v == -1))]
-    _require(not bad and len(free) <= 1,
-             f"mesh={dict(mesh)}: sizes must be positive integers, at most one of them -1 (all remaining devices)")
+    _require(
+        not bad and len(free) <= 1,
+        f"mesh={dict(mesh)}: sizes must be positive integers, at most one of them -1 (all remaining devices)",
+    )
     fixed = math.prod(v for v in sizes.values() if v != -1)
     if free:
-        _require(num_devices % fixed == 0, f"mesh={dict(mesh)} needs a multiple of {fixed} devices, "
-                 f"{num_devices} are present: change the mesh sizes")
+        _require(
+            num_devices % fixed == 0,
+            f"mesh={dict(mesh)} needs a multiple of {fixed} devices, {num_devices} are present: change the mesh sizes",
+        )
         sizes[free[0]] = num_devices // fixed
-    _require(math.prod(sizes.values()) == num_devices,
-             f"mesh={dict(mesh)} has {math.prod(sizes.values())} devices, {num_devices} are present: "
-             "set one size to -1 or make them multiply to the device count")
+    _require(
+        math.prod(sizes.values()) == num_devices,
+        f"mesh={dict(mesh)} has {math.prod(sizes.values())} devices, {num_devices} are present: "
+        "set one size to -1 or make them multiply to the device count",
+    )
     return sizes
 
 
@@ -235,31 +248,48 @@ def validate(config: Config, *, num_devices: int = 1, image_size: int | None = N
     dims = c.model_dims()
     for k, v in dims.items():
         _require(isinstance(v, int) and v > 0, f"{k}={v!r} must be a positive integer")
-    _require(dims["width"] % dims["heads"] == 0,
-             f"width={dims['width']} is not divisible by heads={dims['heads']}: choose heads dividing width")
+    _require(
+        dims["width"] % dims["heads"] == 0,
+        f"width={dims['width']} is not divisible by heads={dims['heads']}: choose heads dividing width",
+    )
     side = image_size if image_size is not None else c.image_size
     _require(isinstance(c.patch, int) and c.patch > 0, f"patch={c.patch!r} must be a positive integer")
     if side % c.patch:
         divisors = [d for d in range(1, side + 1) if side % d == 0]
-        raise ConfigError(f"patch={c.patch} does not divide image_size={side}: set patch to one of "
-                          f"{', '.join(map(str, divisors))}")
+        raise ConfigError(
+            f"patch={c.patch} does not divide image_size={side}: set patch to one of {', '.join(map(str, divisors))}"
+        )
     _require(c.posemb in POSEMBS, f"posemb={c.posemb!r} is unknown: use one of {', '.join(POSEMBS)}")
-    _require(c.posemb != "sincos2d" or dims["width"] % 4 == 0,
-             f"posemb='sincos2d' needs width divisible by 4, got width={dims['width']}: "
-             "change width or use posemb='learn'")
+    _require(
+        c.posemb != "sincos2d" or dims["width"] % 4 == 0,
+        f"posemb='sincos2d' needs width divisible by 4, got width={dims['width']}: change width or use posemb='learn'",
+    )
     presets = layer_presets()
-    _require(c.layer in presets or _is_module_attr(c.layer),
-             f"layer={c.layer!r} is not a layer preset: use one of {', '.join(presets)} "
-             "or 'module:attr' naming a layer factory")
+    _require(
+        c.layer in presets or _is_module_attr(c.layer),
+        f"layer={c.layer!r} is not a layer preset: use one of {', '.join(presets)} "
+        "or 'module:attr' naming a layer factory",
+    )
     _require(isinstance(c.layer_options, Mapping), "layer_options must be a dict of preset options")
     _require(c.dtype in DTYPES, f"dtype={c.dtype!r} is unknown: use one of {', '.join(DTYPES)}")
-    _require((c.steps is None) != (c.epochs is None),
-             f"steps={c.steps!r}, epochs={c.epochs!r}: set exactly one of them (the other to None)")
-    _require(c.steps is None or (isinstance(c.steps, int) and c.steps > 0),
-             f"steps={c.steps!r} must be a positive integer")
+    _require(
+        (c.steps is None) != (c.epochs is None),
+        f"steps={c.steps!r}, epochs={c.epochs!r}: set exactly one of them (the other to None)",
+    )
+    _require(
+        c.steps is None or (isinstance(c.steps, int) and c.steps > 0), f"steps={c.steps!r} must be a positive integer"
+    )
     _require(c.epochs is None or c.epochs > 0, f"epochs={c.epochs!r} must be positive")
-    for k in ("batch_size", "eval_batch_size", "log_every", "eval_every", "checkpoint_every",
-              "keep_checkpoints", "seq_len", "eval_examples"):
+    for k in (
+        "batch_size",
+        "eval_batch_size",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "seq_len",
+        "eval_examples",
+    ):
         v = getattr(c, k)
         _require(isinstance(v, int) and v > 0, f"{k}={v!r} must be a positive integer")
     _require(isinstance(c.warmup_steps, int) and c.warmup_steps >= 0, f"warmup_steps={c.warmup_steps!r} must be >= 0")
@@ -267,26 +297,38 @@ def validate(config: Config, *, num_devices: int = 1, image_size: int | None = N
     _require(c.weight_decay >= 0, f"weight_decay={c.weight_decay!r} must be >= 0")
     _require(c.grad_clip is None or c.grad_clip > 0, f"grad_clip={c.grad_clip!r} must be positive or None")
     _require(0.0 < c.test_fraction < 1.0, f"test_fraction={c.test_fraction!r} must lie in (0, 1)")
-    _require(c.crop_area_min is None or 0.0 < c.crop_area_min <= 1.0,
-             f"crop_area_min={c.crop_area_min!r} must lie in (0, 1] or be None (no random crop)")
+    _require(
+        c.crop_area_min is None or 0.0 < c.crop_area_min <= 1.0,
+        f"crop_area_min={c.crop_area_min!r} must lie in (0, 1] or be None (no random crop)",
+    )
     _require(c.mixup >= 0, f"mixup={c.mixup!r} must be >= 0 (0 turns it off)")
-    _require(c.randaugment is None or (len(c.randaugment) == 2 and c.randaugment[0] >= 0
-                                       and 0 <= c.randaugment[1] <= 10),
-             f"randaugment={c.randaugment!r} must be (layers >= 0, magnitude in 0..10) or None")
-    _require(c.checkpoint_every % c.log_every == 0,
-             f"checkpoint_every={c.checkpoint_every} is not a multiple of log_every={c.log_every}: "
-             "make it one, so a resumed run logs the same windows")
+    _require(
+        c.randaugment is None or (len(c.randaugment) == 2 and c.randaugment[0] >= 0 and 0 <= c.randaugment[1] <= 10),
+        f"randaugment={c.randaugment!r} must be (layers >= 0, magnitude in 0..10) or None",
+    )
+    _require(
+        c.checkpoint_every % c.log_every == 0,
+        f"checkpoint_every={c.checkpoint_every} is not a multiple of log_every={c.log_every}: "
+        "make it one, so a resumed run logs the same windows",
+    )
     for k in ("batch_size", "eval_batch_size"):
         v = getattr(c, k)
-        _require(v % num_devices == 0,
-                 f"{k}={v} is not divisible by the {num_devices} devices: use a multiple of {num_devices}")
+        _require(
+            v % num_devices == 0,
+            f"{k}={v} is not divisible by the {num_devices} devices: use a multiple of {num_devices}",
+        )
     mesh_shape(c.mesh, num_devices)
     if task_of(c) != "classify":
         chunk = c.layer_options.get("chunk") if isinstance(c.layer_options, Mapping) else None
-        _require(chunk is None or (isinstance(chunk, int) and chunk > 0 and c.seq_len % chunk == 0),
-                 f"layer_options chunk={chunk!r} must divide seq_len={c.seq_len}: choose a divisor of seq_len")
-        _require(c.layer in SEQUENCE_LAYERS, f"layer={c.layer!r} cannot mix tokens causally: for data={c.data!r} "
-                 f"use one of {', '.join(SEQUENCE_LAYERS)}")
+        _require(
+            chunk is None or (isinstance(chunk, int) and chunk > 0 and c.seq_len % chunk == 0),
+            f"layer_options chunk={chunk!r} must divide seq_len={c.seq_len}: choose a divisor of seq_len",
+        )
+        _require(
+            c.layer in SEQUENCE_LAYERS,
+            f"layer={c.layer!r} cannot mix tokens causally: for data={c.data!r} "
+            f"use one of {', '.join(SEQUENCE_LAYERS)}",
+        )
     if task_of(c) == "recall":
         from ttt_compile.training.mqar import MQARSpec
 
@@ -298,7 +340,14 @@ def validate(config: Config, *, num_devices: int = 1, image_size: int | None = N
 
 
 #: The layers a causal LM can use (each made causal: see ttt_compile.training.tasks.causal_mixer).
-SEQUENCE_LAYERS = ("linear_attention", "linear_attention_elu1", "mttt_linear", "mttt_mlp", "mttt_nested", "self_attention")
+SEQUENCE_LAYERS = (
+    "linear_attention",
+    "linear_attention_elu1",
+    "mttt_linear",
+    "mttt_mlp",
+    "mttt_nested",
+    "self_attention",
+)
 
 
 def layer_presets() -> list[str]:

@@ -5,6 +5,7 @@ cosine to 0), decoupled weight decay 0.01 * lr, clipping at global norm 1; valid
 first 64 windows of the held-out 10%. The MTTT rows use the online inner loop in chunks of b = 16
 tokens with eta = 0.003 in eq. 1's units (``parametrisation="paper"``, the one these rows were tuned in;
 picked by the table's --sweep)."""
+
 from ttt_compile.configs import Config
 
 #: The pipeline of the sequence models: the dual form (online chunks as matrix products), the zero-W0
@@ -15,10 +16,27 @@ LR = 3e-3
 
 def lm_config(name: str, layer: str, **layer_options) -> Config:
     return Config(
-        name=name, data="text", seq_len=128, prev_token=False,
-        vit="Ti", width=64, depth=2, heads=4, mlp_dim=128,
-        layer=layer, layer_options=layer_options, passes=TRAIN_PIPELINE,
-        batch_size=16, eval_batch_size=16, eval_examples=64,
-        steps=400, lr=LR, warmup_steps=30, weight_decay=0.01 * LR, grad_clip=1.0,
-        log_every=50, eval_every=200, checkpoint_every=200,
+        name=name,
+        data="text",
+        seq_len=128,
+        prev_token=False,
+        vit="Ti",
+        width=64,
+        depth=2,
+        heads=4,
+        mlp_dim=128,
+        layer=layer,
+        layer_options=layer_options,
+        passes=TRAIN_PIPELINE,
+        batch_size=16,
+        eval_batch_size=16,
+        eval_examples=64,
+        steps=400,
+        lr=LR,
+        warmup_steps=30,
+        weight_decay=0.01 * LR,
+        grad_clip=1.0,
+        log_every=50,
+        eval_every=200,
+        checkpoint_every=200,
     )

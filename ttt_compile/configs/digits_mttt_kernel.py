@@ -1,4 +1,5 @@
 """Digits results table, layer `mttt_kernel`; the shared recipe is in _digits_base.py."""
+
 from ttt_compile.configs import Config
 from ttt_compile.configs._digits_base import table_config
 

@@ -4,6 +4,7 @@ default passes, evaluated every 20 steps so the inner-loss plot is a curve. Abou
 
     ttt-compile train digits_tiny
 """
+
 from ttt_compile.configs import Config
 
 
@@ -12,10 +13,23 @@ def get_config() -> Config:
         name="digits_tiny",
         data="digits",
         image_size=8,
-        vit="Ti", width=32, depth=2, heads=2, mlp_dim=64,
-        patch=1, posemb="learn",
-        layer="mttt_linear", layer_options={}, passes="default",
-        batch_size=64, eval_batch_size=360,
-        steps=300, lr=3e-3, weight_decay=1e-4, warmup_steps=30,
-        log_every=10, eval_every=20, checkpoint_every=100,
+        vit="Ti",
+        width=32,
+        depth=2,
+        heads=2,
+        mlp_dim=64,
+        patch=1,
+        posemb="learn",
+        layer="mttt_linear",
+        layer_options={},
+        passes="default",
+        batch_size=64,
+        eval_batch_size=360,
+        steps=300,
+        lr=3e-3,
+        weight_decay=1e-4,
+        warmup_steps=30,
+        log_every=10,
+        eval_every=20,
+        checkpoint_every=100,
     )

@@ -1,4 +1,5 @@
 """LM table row: causal linear attention (chunked, b = 16); recipe in _lm_base.py."""
+
 from ttt_compile.configs import Config
 from ttt_compile.configs._lm_base import lm_config
 

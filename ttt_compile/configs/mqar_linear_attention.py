@@ -1,4 +1,5 @@
 """MQAR table row: causal linear attention (b = 16); recipe in _mqar_base.py."""
+
 from ttt_compile.configs import Config
 from ttt_compile.configs._mqar_base import mqar_config
 

@@ -1,8 +1,10 @@
 """MQAR table row: MTTT-Linear (b = 16, eta = 0.003); recipe in _mqar_base.py."""
+
 from ttt_compile.configs import Config
 from ttt_compile.configs._mqar_base import mqar_config
 
 
 def get_config() -> Config:
-    return mqar_config("mqar_mttt_linear", "mttt_linear", batching="online", chunk=16, lr=0.003,
-                       parametrisation="paper")
+    return mqar_config(
+        "mqar_mttt_linear", "mttt_linear", batching="online", chunk=16, lr=0.003, parametrisation="paper"
+    )

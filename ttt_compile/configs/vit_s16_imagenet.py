@@ -13,6 +13,7 @@ or elu1), mttt_linear, mttt_mlp. Give the data folder with ``--data imagenet:DIR
 
     ttt-compile train vit_s16_imagenet --data imagenet:/data/imagenet
 """
+
 from ttt_compile.configs import Config
 
 
@@ -21,13 +22,31 @@ def get_config() -> Config:
         name="vit_s16_imagenet",
         data="imagenet:~/imagenet",
         image_size=224,
-        crop_area_min=0.05, flip=True, randaugment=(2, 10), mixup=0.2,
-        data_threads=16, data_workers=8,
-        vit="S", patch=16, posemb="sincos2d",
-        layer="mttt_mlp", layer_options={"steps": 1, "batching": "full"}, passes="default",
-        batch_size=1024, eval_batch_size=1024,
-        epochs=90, steps=None,
-        lr=1e-3, weight_decay=1e-4, warmup_steps=10_000, b1=0.9, b2=0.999, grad_clip=1.0,
+        crop_area_min=0.05,
+        flip=True,
+        randaugment=(2, 10),
+        mixup=0.2,
+        data_threads=16,
+        data_workers=8,
+        vit="S",
+        patch=16,
+        posemb="sincos2d",
+        layer="mttt_mlp",
+        layer_options={"steps": 1, "batching": "full"},
+        passes="default",
+        batch_size=1024,
+        eval_batch_size=1024,
+        epochs=90,
+        steps=None,
+        lr=1e-3,
+        weight_decay=1e-4,
+        warmup_steps=10_000,
+        b1=0.9,
+        b2=0.999,
+        grad_clip=1.0,
         dtype="bfloat16",
-        log_every=50, eval_every=5_000, checkpoint_every=1_000, keep_checkpoints=3,
+        log_every=50,
+        eval_every=5_000,
+        checkpoint_every=1_000,
+        keep_checkpoints=3,
     )

@@ -10,6 +10,7 @@ and both honour the loop's `remat` parameter (set by the `checkpoint` pass):
     "log"   the same nesting with T factored into small primes (levels L ~ log2 T): ~sum of the
             factors (~2 log2 T) carries stored, L extra forward passes
 """
+
 from __future__ import annotations
 
 import math
@@ -25,11 +26,13 @@ from .primitive import LoopInfo
 
 def step_fn(interp, li: LoopInfo, consts):
     """carry, x_t -> carry', y_t  evaluating the body through `interp` (checkpointed if remat set)."""
+
     def step(carry, xs):
         with inside(describe_loop(li.__dict__)):
             out = interp.eval_closed(li.body, [*consts, *carry, *xs])
         out = [interp.instantiate(o, a) for o, a in zip(out, li.body.out_avals)]
-        return out[:li.num_carry], out[li.num_carry:]
+        return out[: li.num_carry], out[li.num_carry :]
+
     return jax.checkpoint(step) if li.remat is not None else step
 
 
@@ -38,7 +41,7 @@ def unroll(interp, li: LoopInfo, consts, carry, xs) -> list:
     a `reverse` loop runs t = T-1, ..., 0 and still stacks ys[t] at index t."""
     step = step_fn(interp, li, consts)
     ys = []
-    for t in (reversed(range(li.steps)) if li.reverse else range(li.steps)):
+    for t in reversed(range(li.steps)) if li.reverse else range(li.steps):
         carry, y = step(carry, [lax.index_in_dim(x, t, 0, keepdims=False) for x in xs])
         ys.append(y)
     ys = ys[::-1] if li.reverse else ys
@@ -89,8 +92,9 @@ def remat_prediction(li: LoopInfo, carry_bytes: int) -> str:
     if li.remat is None:
         return f"stores every step's intermediates: {li.steps} x (carry {carry_bytes} B + activations)"
     if li.remat == "step":
-        return (f"stores {li.steps} carries ({li.steps * carry_bytes} B), recomputes each step once "
-                "(~1 extra forward)")
+        return f"stores {li.steps} carries ({li.steps * carry_bytes} B), recomputes each step once (~1 extra forward)"
     stored = sum(fs)
-    return (f"levels {fs}: stores ~{stored} carries ({stored * carry_bytes} B) instead of {li.steps} "
-            f"({li.steps * carry_bytes} B), ~{len(fs) - 1} extra forward pass(es)")
+    return (
+        f"levels {fs}: stores ~{stored} carries ({stored * carry_bytes} B) instead of {li.steps} "
+        f"({li.steps * carry_bytes} B), ~{len(fs) - 1} extra forward pass(es)"
+    )

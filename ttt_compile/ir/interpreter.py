@@ -17,9 +17,11 @@ rewritten).  A region the interpreter cannot rebuild (an open sub-jaxpr that gai
 left as it was, with a note; its `ttt_loop`s still run (the primitive's impl) and differentiate
 (its JVP).  First-order primitives without a rule are re-bound unchanged.
 """
+
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 from jax._src import api_util
@@ -39,13 +41,12 @@ _INLINE = {primitives.jit_p, primitives.closed_call_p}
 class Interpreter:
     """Walks jaxprs applying `rules`; records who produced each value (for peephole rules and CSE)."""
 
-    def __init__(self, rules: dict, instantiate: Callable[[Any, Any], Any] | None = None,
-                 default: Rule | None = None):
+    def __init__(self, rules: dict, instantiate: Callable[[Any, Any], Any] | None = None, default: Rule | None = None):
         self.rules = rules
         self.default = default or default_rule
         self._instantiate = instantiate
         self.producers: dict[int, tuple] = {}
-        self._alive: list = []            # keeps recorded values alive so their ids stay unique
+        self._alive: list = []  # keeps recorded values alive so their ids stay unique
 
     # ------------------------------------------------------------------ values
     def instantiate(self, value, aval):
@@ -101,7 +102,7 @@ class Interpreter:
 
 def default_rule(interp: Interpreter, eqn, invals) -> list:
     """Inline calls, rewrite inside loop-bearing regions, otherwise re-bind the equation as it was."""
-    if eqn.primitive in _INLINE:        # symbolic values flow in: rules see through jnp's jit wrappers
+    if eqn.primitive in _INLINE:  # symbolic values flow in: rules see through jnp's jit wrappers
         return interp.eval_closed(eqn.params["jaxpr"], invals)
     if not any(True for _ in jaxprs_in_params(eqn.params)):
         return interp.bind(eqn, invals)
@@ -130,20 +131,22 @@ def rewrite_region(interp: Interpreter, eqn, invals, **new_params) -> list:
         elif isinstance(value, Jaxpr):
             closed = interp.rewrite(ClosedJaxpr(value, []))
             if closed.consts and eqn.primitive is not primitives.remat_p:
-                note(f"left a '{eqn.primitive}' region as it was: its rewritten body has constants "
-                               "and the primitive takes an open jaxpr; its ttt_loops run unoptimised")
+                note(
+                    f"left a '{eqn.primitive}' region as it was: its rewritten body has constants "
+                    "and the primitive takes an open jaxpr; its ttt_loops run unoptimised"
+                )
                 return interp.bind(eqn, invals)
             new[name] = closed if eqn.primitive is primitives.remat_p else closed.jaxpr
-    if eqn.primitive is primitives.remat_p:       # open jaxpr: rewritten constants become leading inputs
+    if eqn.primitive is primitives.remat_p:  # open jaxpr: rewritten constants become leading inputs
         closed = new["jaxpr"]
         args = [interp.instantiate(x, v.aval) for x, v in zip(invals, eqn.invars)]
-        return interp.emit(eqn.primitive, *closed.consts, *args,
-                           **{**eqn.params, "jaxpr": hoist_consts(closed.jaxpr)})
+        return interp.emit(eqn.primitive, *closed.consts, *args, **{**eqn.params, "jaxpr": hoist_consts(closed.jaxpr)})
     return interp.bind(eqn, invals, **{**new, **new_params})
 
 
-def rewrite(closed: ClosedJaxpr, rules: dict, instantiate: Callable | None = None,
-            default: Rule | None = None) -> ClosedJaxpr:
+def rewrite(
+    closed: ClosedJaxpr, rules: dict, instantiate: Callable | None = None, default: Rule | None = None
+) -> ClosedJaxpr:
     """Re-trace `closed` through `rules`: the generic body of every pass.  The result has exactly the
     input's interface (avals with weak types, in and out) and is DCE'd."""
     interp = Interpreter(rules, instantiate, default)
@@ -151,6 +154,7 @@ def rewrite(closed: ClosedJaxpr, rules: dict, instantiate: Callable | None = Non
     def run(*args):
         outs = interp.eval_closed(closed, list(args))
         return [match_aval(interp.instantiate(o, a), a) for o, a in zip(outs, closed.out_avals)]
+
     return dce(trace_avals(run, closed.in_avals))
 
 

@@ -1,5 +1,6 @@
 """Small facts about jaxprs that every pass and the cost model need: constants, primitives by name,
 hoisting consts, dead-code elimination, equation counts."""
+
 from __future__ import annotations
 
 import jax
@@ -22,7 +23,9 @@ def constant(v):
 
 def primitive_named(name: str):
     """The lax primitive called `name` (e.g. "cumsum"), or None if this JAX has none."""
-    from jax._src.lax import control_flow, lax as lax_internal, slicing
+    from jax._src.lax import control_flow, slicing
+    from jax._src.lax import lax as lax_internal
+
     for mod in (lax, lax_internal, slicing, control_flow):
         p = getattr(mod, f"{name}_p", None)
         if p is not None:

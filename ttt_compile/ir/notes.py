@@ -1,4 +1,5 @@
 """The report channel: what a pass says about one run (why it did not apply, what it declined)."""
+
 from __future__ import annotations
 
 import contextlib

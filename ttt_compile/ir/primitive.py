@@ -15,18 +15,20 @@ AD keeps every derived loop a `ttt_loop`, so nested inner loops stay visible to 
 The layer emits `ttt_loop` only while tracing for compilation (`emitting()`); the plain call path
 runs `lax.scan` directly and never touches this primitive.
 """
+
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.extend.core import ClosedJaxpr, Primitive, jaxpr_as_fun
 from jax._src.interpreters import batching
+from jax.extend.core import ClosedJaxpr, Primitive, jaxpr_as_fun
 from jax.interpreters import mlir
 from jax.interpreters import partial_eval as pe
 
@@ -50,8 +52,8 @@ class LoopInfo:
     num_carry: int
     num_weights: int
     remat: str | None
-    reverse: bool = False      # run the steps t = T-1, ..., 0 (a transposed loop)
-    role: str = "inner"        # "inner" (a layer's loop) or what AD derived it as (see loop_ad)
+    reverse: bool = False  # run the steps t = T-1, ..., 0 (a transposed loop)
+    role: str = "inner"  # "inner" (a layer's loop) or what AD derived it as (see loop_ad)
 
     def split(self, args):
         c, k = self.num_consts, self.num_consts + self.num_carry
@@ -88,22 +90,25 @@ def scan_body(body: ClosedJaxpr, num_consts: int, num_carry: int) -> Callable:
         def step(carry, xs):
             out = fun(*consts, *carry, *xs)
             return list(out[:num_carry]), list(out[num_carry:])
+
         return step
+
     return make
 
 
 def _impl(*args, **params):
     li = info(params)
     consts, carry, xs = li.split(args)
-    carry, ys = lax.scan(scan_body(li.body, li.num_consts, li.num_carry)(consts), carry, xs, length=li.steps,
-                         reverse=li.reverse)
+    carry, ys = lax.scan(
+        scan_body(li.body, li.num_consts, li.num_carry)(consts), carry, xs, length=li.steps, reverse=li.reverse
+    )
     return [*carry, *ys]
 
 
 def _abstract_eval(*avals, **params):
     li = info(params)
     _, carry, _ = li.split(avals)
-    y_avals = [a.update(shape=(li.steps, *a.shape)) for a in li.body.out_avals[li.num_carry:]]
+    y_avals = [a.update(shape=(li.steps, *a.shape)) for a in li.body.out_avals[li.num_carry :]]
     return [*carry, *y_avals]
 
 
@@ -116,20 +121,26 @@ def _batch(axis_data, vals, dims, **params):
     num_ys = len(li.body.out_avals) - li.num_carry
     carry_b = kb
     for _ in range(1 + li.num_carry):
-        body, out_b = batching.batch_jaxpr(li.body, axis_data, cb + carry_b + xb,
-                                           instantiate=carry_b + [False] * num_ys)
-        if out_b[:li.num_carry] == carry_b:
+        body, out_b = batching.batch_jaxpr(
+            li.body, axis_data, cb + carry_b + xb, instantiate=carry_b + [False] * num_ys
+        )
+        if out_b[: li.num_carry] == carry_b:
             break
-        carry_b = [a or b for a, b in zip(carry_b, out_b[:li.num_carry])]
+        carry_b = [a or b for a, b in zip(carry_b, out_b[: li.num_carry])]
     consts, carry, xs = li.split(vals)
     cd, kd, xd = li.split(dims)
     consts = [c if d is None else batching.moveaxis(c, d, 0) for c, d in zip(consts, cd)]
-    carry = [batching.moveaxis(c, d, 0) if d is not None
-             else batching.broadcast(c, axis_data.size, 0, axis_data.explicit_mesh_axis) if b else c
-             for c, d, b in zip(carry, kd, carry_b)]
+    carry = [
+        batching.moveaxis(c, d, 0)
+        if d is not None
+        else batching.broadcast(c, axis_data.size, 0, axis_data.explicit_mesh_axis)
+        if b
+        else c
+        for c, d, b in zip(carry, kd, carry_b)
+    ]
     xs = [x if d is None else batching.moveaxis(x, d, 1) for x, d in zip(xs, xd)]
     out = ttt_loop_p.bind(*consts, *carry, *xs, **{**params, "body": body})
-    return out, [0 if b else None for b in carry_b] + [1 if b else None for b in out_b[li.num_carry:]]
+    return out, [0 if b else None for b in carry_b] + [1 if b else None for b in out_b[li.num_carry :]]
 
 
 def _dce(used_outputs: list[bool], eqn):
@@ -139,20 +150,26 @@ def _dce(used_outputs: list[bool], eqn):
     li = info(eqn.params)
     if not any(used_outputs):
         return [False] * len(eqn.invars), None
-    used_carry, used_ys = list(used_outputs[:li.num_carry]), list(used_outputs[li.num_carry:])
+    used_carry, used_ys = list(used_outputs[: li.num_carry]), list(used_outputs[li.num_carry :])
     num_xs = len(eqn.invars) - li.num_consts - li.num_carry
     while True:
-        body, used_in = pe.dce_jaxpr(li.body.jaxpr, used_carry + used_ys,
-                                     instantiate=[False] * li.num_consts + used_carry + [False] * num_xs)
-        carry_in = used_in[li.num_consts:li.num_consts + li.num_carry]
+        body, used_in = pe.dce_jaxpr(
+            li.body.jaxpr, used_carry + used_ys, instantiate=[False] * li.num_consts + used_carry + [False] * num_xs
+        )
+        carry_in = used_in[li.num_consts : li.num_consts + li.num_carry]
         if all(a or not b for a, b in zip(used_carry, carry_in)):
             break
         used_carry = [a or b for a, b in zip(used_carry, carry_in)]
-    used_consts = used_in[:li.num_consts]
-    used_in = used_consts + used_carry + used_in[li.num_consts + li.num_carry:]
+    used_consts = used_in[: li.num_consts]
+    used_in = used_consts + used_carry + used_in[li.num_consts + li.num_carry :]
     body, _ = pe.dce_jaxpr(li.body.jaxpr, used_carry + used_ys, instantiate=used_in)
-    params = {**eqn.params, "body": ClosedJaxpr(body, li.body.consts), "num_consts": sum(used_consts),
-              "num_carry": sum(used_carry), "num_weights": sum(used_carry[:li.num_weights])}
+    params = {
+        **eqn.params,
+        "body": ClosedJaxpr(body, li.body.consts),
+        "num_consts": sum(used_consts),
+        "num_carry": sum(used_carry),
+        "num_weights": sum(used_carry[: li.num_weights]),
+    }
     invars = [v for v, u in zip(eqn.invars, used_in) if u]
     outvars = [v for v, u in zip(eqn.outvars, used_carry + used_ys) if u]
     return used_in, eqn.replace(invars=invars, outvars=outvars, params=params)
@@ -199,20 +216,35 @@ def ttt_loop(step: Callable, consts, carry, xs, *, steps: int, schedule: str, in
     flat_consts = jax.tree_util.tree_leaves(consts)
     flat_carry, carry_tree = jax.tree_util.tree_flatten(carry)
     flat_xs = jax.tree_util.tree_leaves(xs)
-    out = ttt_loop_p.bind(*hoisted, *flat_consts, *flat_carry, *flat_xs, body=body, steps=steps,
-                          schedule=schedule, init=init, num_consts=len(hoisted) + len(flat_consts),
-                          num_carry=len(flat_carry), num_weights=num_weights, remat=None, reverse=False, role="inner")
-    carry_out = jax.tree_util.tree_unflatten(carry_tree, out[:len(flat_carry)])
+    out = ttt_loop_p.bind(
+        *hoisted,
+        *flat_consts,
+        *flat_carry,
+        *flat_xs,
+        body=body,
+        steps=steps,
+        schedule=schedule,
+        init=init,
+        num_consts=len(hoisted) + len(flat_consts),
+        num_carry=len(flat_carry),
+        num_weights=num_weights,
+        remat=None,
+        reverse=False,
+        role="inner",
+    )
+    carry_out = jax.tree_util.tree_unflatten(carry_tree, out[: len(flat_carry)])
     _, ys_tree = out_tree.children()
-    return carry_out, jax.tree_util.tree_unflatten(ys_tree, out[len(flat_carry):])
+    return carry_out, jax.tree_util.tree_unflatten(ys_tree, out[len(flat_carry) :])
 
 
 def contains_loop(jaxpr) -> bool:
     """Whether a (Closed)Jaxpr has a `ttt_loop` anywhere, sub-jaxprs included."""
     from jax.extend.core import jaxprs_in_params
+
     jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
-    return any(e.primitive is ttt_loop_p or any(contains_loop(j) for j in jaxprs_in_params(e.params))
-               for e in jaxpr.eqns)
+    return any(
+        e.primitive is ttt_loop_p or any(contains_loop(j) for j in jaxprs_in_params(e.params)) for e in jaxpr.eqns
+    )
 
 
 def loop_nesting(jaxpr) -> str:
@@ -232,6 +264,7 @@ def loop_nesting(jaxpr) -> str:
                 for sub in jaxprs_in_params(e.params):
                     out.extend(walk(sub))
         return out
+
     return ", ".join(walk(jaxpr))
 
 

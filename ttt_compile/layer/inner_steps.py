@@ -17,15 +17,16 @@ the folded targets p, s, t in place of x.
 so the fast weights, their gradients and updates keep their own dtype while the matmuls run in
 `compute` (Inner.dtype="mixed").
 """
+
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float
-
-from typing import NamedTuple
 
 from .outer_maps import decode
 
@@ -58,8 +59,19 @@ def chunked_map(fn, a, chunk: int | None):
     return out.reshape(n, *out.shape[2:])
 
 
-def reconstruction_loss(W, static, G, ln, k: Float[Array, "b dh"], x: Float[Array, "b d"], c=None, *,
-                        scale: float = 1.0, w=None, chunk: int | None = None) -> Float[Array, ""]:
+def reconstruction_loss(
+    W,
+    static,
+    G,
+    ln,
+    k: Float[Array, "b dh"],
+    x: Float[Array, "b d"],
+    c=None,
+    *,
+    scale: float = 1.0,
+    w=None,
+    chunk: int | None = None,
+) -> Float[Array, ""]:
     """l(W; X) = scale/(2b) sum_i w_i ||g(f(k_i; W)) - x_i||^2 over the b tokens given (w_i = 1 if w is None;
     w is one weight per token or one scalar); with `chunk`, the sum over i runs `chunk` tokens at a
     time (`chunked_sum`)."""
@@ -70,6 +82,7 @@ def reconstruction_loss(W, static, G, ln, k: Float[Array, "b dh"], x: Float[Arra
         pred = jax.vmap(lambda ki: decode(G, ln, f(ki), c))(k)
         per_token = jnp.sum((pred - x) ** 2, axis=-1)
         return jnp.sum(wt[0] * per_token if wt else per_token)
+
     total = chunked_sum(part, [k, x, w] if per_token_w else [k, x], chunk)
     if w is not None and not per_token_w:
         total = w * total
@@ -130,7 +143,7 @@ def fold_targets(folded_maps: tuple, x: Float[Array, "n d"]) -> dict:
     t_i = ||beta - x_i||^2 (see `fold_decoder`)."""
     B, b, beta = folded_maps
     x = x.astype(B.dtype)
-    xB, xb, xx = x @ B, x @ b, jnp.sum(x * x, axis=-1)    # beta - x never materialised (beta may be per head)
+    xB, xb, xx = x @ B, x @ b, jnp.sum(x * x, axis=-1)  # beta - x never materialised (beta may be per head)
     if beta is None:
         return {"p": -xB, "s": -xb, "t": xx}
     return {"p": beta @ B - xB, "s": beta @ b - xb, "t": beta @ beta - 2 * (x @ beta) + xx}
@@ -143,12 +156,13 @@ def folded_sq_error(dec: FoldedDecoder, z: Float[Array, "b dh"], p, s, t) -> Flo
     R = jnp.sum(z * p, axis=-1) + s
     if dec.M is None:
         return Q + 2 * R + t
-    inv = jax.lax.rsqrt(jnp.sum((z @ dec.M + 2 * dec.m) * z, axis=-1) + dec.m0)      # 1 / sigma
+    inv = jax.lax.rsqrt(jnp.sum((z @ dec.M + 2 * dec.m) * z, axis=-1) + dec.m0)  # 1 / sigma
     return Q * inv * inv + 2 * R * inv + t
 
 
-def folded_loss(W, static, dec: FoldedDecoder, data: dict, *, scale: float = 1.0, w=None,
-                chunk: int | None = None) -> Float[Array, ""]:
+def folded_loss(
+    W, static, dec: FoldedDecoder, data: dict, *, scale: float = 1.0, w=None, chunk: int | None = None
+) -> Float[Array, ""]:
     """l(W; X) = scale/(2b) sum_i w_i ||g(f(k_i; W)) - x_i||^2 from the folded decoder (= reconstruction_loss);
     with `chunk`, the sum over i runs `chunk` tokens at a time (`chunked_sum`).  Data k, p, s, t (targets
     folded once), or k, x with `dec.maps`: each chunk folds its own tokens' targets, so no (n, d_h) array
@@ -165,6 +179,7 @@ def folded_loss(W, static, dec: FoldedDecoder, data: dict, *, scale: float = 1.0
             p, s, t, *wt = rest
         per_token = folded_sq_error(dec, jax.vmap(f)(k), p, s, t)
         return jnp.sum(wt[0] * per_token if wt else per_token)
+
     arrays = [data["k"], data["x"]] if "x" in data else [data["k"], data["p"], data["s"], data["t"]]
     total = chunked_sum(part, arrays + [w] if per_token_w else arrays, chunk)
     if w is not None and not per_token_w:
@@ -186,17 +201,20 @@ def as_compute(W, compute):
     return jax.tree.map(lambda w: w.astype(compute) if eqx.is_inexact_array(w) else w, W)
 
 
-def batch_step(opt: optax.GradientTransformation, static, scale: float = 1.0, compute=None,
-               token_chunk: int | None = None):
+def batch_step(
+    opt: optax.GradientTransformation, static, scale: float = 1.0, compute=None, token_chunk: int | None = None
+):
     """One full-batch or mini-batch step: W <- W + u, (u, s) = opt.update(grad l(W; X_t), s, W).  The loop's
     decoder is (G, c, ln) with data k, x, or a FoldedDecoder with data k, p, s, t (`fold_decoder`); the
     loss is summed `token_chunk` tokens at a time when given (`chunked_sum`)."""
+
     def loss(W, dec, d):
         if isinstance(dec, FoldedDecoder):
             return folded_loss(as_compute(W, compute), static, dec, d, scale=scale, w=d.get("w"), chunk=token_chunk)
         G, c, ln = dec
-        return reconstruction_loss(as_compute(W, compute), static, G, ln, d["k"], d["x"], c, scale=scale,
-                                   w=d.get("w"), chunk=token_chunk)
+        return reconstruction_loss(
+            as_compute(W, compute), static, G, ln, d["k"], d["x"], c, scale=scale, w=d.get("w"), chunk=token_chunk
+        )
 
     def step(consts, carry, xt):
         dec, d = step_data(consts, xt)
@@ -204,6 +222,7 @@ def batch_step(opt: optax.GradientTransformation, static, scale: float = 1.0, co
         grads = jax.grad(loss)(W, dec, d)
         updates, s = opt.update(grads, s, W)
         return (optax.apply_updates(W, updates), s), None
+
     return step
 
 
@@ -232,6 +251,7 @@ def online_step(opt: optax.GradientTransformation, static, scale: float = 1.0, c
     g_i = grad scale * w_i/2 ||g(f(k_i; W)) - x_i||^2,  W_i = W + update(sum_{j<=i} g_j),  y_i = f(q_i; W_i);
     the chunk hands W_b (and its optimizer state) to the next chunk.  g_i = (dz/dW)^T e_i, the error
     e_i from `decoder_error` (closed form for a linear decoder)."""
+
     def step(consts, carry, xt):
         (G, c, ln), d = step_data(consts, xt)
         W, s = carry
@@ -244,6 +264,7 @@ def online_step(opt: optax.GradientTransformation, static, scale: float = 1.0, c
             e = error(z, ti)
             e = e if wi is None else wi * e
             return pullback(e if scale == 1.0 else scale * e)[0]
+
         grads = jax.vmap(one, in_axes=(None, 0, 0, None if w is None else 0))(W, k, targets, w)
         cumulative = jax.tree.map(lambda g: jnp.cumsum(g, axis=0), grads)
         updates, states = jax.vmap(opt.update, in_axes=(0, None, None))(cumulative, s, W)
@@ -251,4 +272,5 @@ def online_step(opt: optax.GradientTransformation, static, scale: float = 1.0, c
         y = jax.vmap(lambda Wi, qi: eqx.combine(as_compute(Wi, compute), static)(qi))(Ws, q)
         last = jax.tree.map(lambda a: a[-1], (Ws, states))
         return last, y
+
     return step

@@ -4,6 +4,7 @@ A parametric learner is any `eqx.Module` whose inexact-array leaves are the fast
 `__call__` maps one token z in R^{d_h} to R^{d_h}.  A non-parametric learner subclasses
 `NonParametric`: `fit` stores what it needs from the keys and labels, `predict` answers a query.
 """
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,7 @@ class Linear(eqx.Module):
 
     def __init__(self, din: int, dout: int | None = None, *, bias: bool = False, key: PRNGKeyArray | None = None):
         dout = din if dout is None else dout
-        self.W = (jnp.zeros((dout, din)) if key is None
-                  else jax.random.normal(key, (dout, din)) / math.sqrt(din))
+        self.W = jnp.zeros((dout, din)) if key is None else jax.random.normal(key, (dout, din)) / math.sqrt(din)
         self.b = jnp.zeros((dout,)) if bias else None
 
     def __call__(self, z: Float[Array, " din"]) -> Float[Array, " dout"]:
@@ -40,8 +40,9 @@ class MLP(eqx.Module):
     W2: Float[Array, "dout hidden"]
     b2: Float[Array, " dout"] | None
 
-    def __init__(self, din: int, dout: int | None = None, *, hidden: int | None = None, bias: bool = True,
-                 key: PRNGKeyArray):
+    def __init__(
+        self, din: int, dout: int | None = None, *, hidden: int | None = None, bias: bool = True, key: PRNGKeyArray
+    ):
         dout = din if dout is None else dout
         hidden = 4 * din if hidden is None else hidden
         k1, k2 = jax.random.split(key)

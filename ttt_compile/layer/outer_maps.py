@@ -1,5 +1,6 @@
 """The outer maps of a TTT layer, trained by the outer loop: phi and psi (keys and queries, per head),
 g (the decoder of the reconstruction task) and h (the output projection)."""
+
 from __future__ import annotations
 
 import math
@@ -39,8 +40,17 @@ class Decoder(eqx.Module):
     ln: eqx.nn.LayerNorm | None
     ln_per_head: bool = eqx.field(static=True)
 
-    def __init__(self, dim: int, heads: int, *, decoder_ln: bool, bias: bool = False, ln_per_head: bool = False,
-                 ln_eps: float = 1e-5, key: PRNGKeyArray):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        decoder_ln: bool,
+        bias: bool = False,
+        ln_per_head: bool = False,
+        ln_eps: float = 1e-5,
+        key: PRNGKeyArray,
+    ):
         self.weight = jax.random.normal(key, (heads, dim, dim // heads)) / math.sqrt(dim // heads)
         self.bias = jnp.zeros((dim,)) if bias else None
         self.ln_per_head = bool(decoder_ln and ln_per_head)
@@ -60,8 +70,9 @@ class Decoder(eqx.Module):
         return 0 if self.ln_per_head else None
 
 
-def decode(G: Float[Array, "d dh"], ln, z: Float[Array, " dh"], c: Float[Array, " d"] | None = None
-           ) -> Float[Array, " d"]:
+def decode(
+    G: Float[Array, "d dh"], ln, z: Float[Array, " dh"], c: Float[Array, " d"] | None = None
+) -> Float[Array, " d"]:
     """One head's decoder g_k(z) = G_k z (+ c)  (then LN if the task asks for it)."""
     y = G @ z
     if c is not None:

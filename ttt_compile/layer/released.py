@@ -19,9 +19,11 @@ units).  One difference: the released SGD mode draws a random order of the token
 sequence; `batching="sgd"` takes the T contiguous blocks, so the two agree on tokens presented in the
 released order.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import equinox as eqx
 import jax
@@ -33,8 +35,17 @@ from .learners import MLP, Linear
 from .spec import Inner, Reconstruction, SpecError
 from .ttt_layer import TTTLayer
 
-_LAYER_KEYS = ("phi/kernel", "phi/bias", "psi/kernel", "psi/bias", "g/kernel", "g_bias", "h/kernel", "h_bias",
-               "inner_Dense_0/kernel")
+_LAYER_KEYS = (
+    "phi/kernel",
+    "phi/bias",
+    "psi/kernel",
+    "psi/bias",
+    "g/kernel",
+    "g_bias",
+    "h/kernel",
+    "h_bias",
+    "inner_Dense_0/kernel",
+)
 
 
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
@@ -57,25 +68,37 @@ def layer_params(params: Mapping[str, Any], prefix: str | None = None) -> dict[s
     "params/Transformer/encoderblock_0/TTTLayer_0"; without `prefix` the one layer found is used."""
     flat = flatten(params)
     if prefix is None:
-        prefixes = sorted({k[:-len("phi/kernel")].rstrip("/") for k in flat if k.endswith("phi/kernel")})
+        prefixes = sorted({k[: -len("phi/kernel")].rstrip("/") for k in flat if k.endswith("phi/kernel")})
         if len(prefixes) != 1:
-            raise SpecError("from_released: " + ("no released TTTLayer parameters (no '.../phi/kernel') in the dict"
-                                                 if not prefixes else
-                                                 f"{len(prefixes)} TTT layers in the dict; pass prefix= one of "
-                                                 f"{prefixes}"))
+            raise SpecError(
+                "from_released: "
+                + (
+                    "no released TTTLayer parameters (no '.../phi/kernel') in the dict"
+                    if not prefixes
+                    else f"{len(prefixes)} TTT layers in the dict; pass prefix= one of {prefixes}"
+                )
+            )
         prefix = prefixes[0]
     prefix = prefix.rstrip("/")
     start = len(prefix) + 1 if prefix else 0
     mine = {k[start:]: v for k, v in flat.items() if not prefix or k.startswith(prefix + "/")}
     missing = [k for k in _LAYER_KEYS if k not in mine]
     if missing:
-        raise SpecError(f"from_released: the layer at prefix {prefix!r} lacks {missing}; its parameters are "
-                        f"{sorted(mine)}")
+        raise SpecError(
+            f"from_released: the layer at prefix {prefix!r} lacks {missing}; its parameters are {sorted(mine)}"
+        )
     return mine
 
 
-def from_released(params: Mapping[str, Any], *, inner_lr: Sequence[float] = (1.0,), sgd: bool = False,
-                  train_init: bool = True, prefix: str | None = None, dtype=None) -> TTTLayer:
+def from_released(
+    params: Mapping[str, Any],
+    *,
+    inner_lr: Sequence[float] = (1.0,),
+    sgd: bool = False,
+    train_init: bool = True,
+    prefix: str | None = None,
+    dtype=None,
+) -> TTTLayer:
     """A `tc.TTTLayer` computing the released layer whose parameters are `params` (see the module doc).
 
     inner_lr     the released `config.inner.TTT.inner_lr`, one step size per inner step (T = its length)
@@ -88,8 +111,10 @@ def from_released(params: Mapping[str, Any], *, inner_lr: Sequence[float] = (1.0
     if dtype is not None:
         p = {k: v.astype(dtype) for k, v in p.items()}
     if isinstance(inner_lr, (int, float)) or not len(inner_lr):
-        raise SpecError(f"from_released: inner_lr must be a non-empty sequence (one step size per inner step, "
-                        f"as the released config's inner_lr), got {inner_lr!r}")
+        raise SpecError(
+            f"from_released: inner_lr must be a non-empty sequence (one step size per inner step, "
+            f"as the released config's inner_lr), got {inner_lr!r}"
+        )
     heads, dim, dh = p["phi/kernel"].shape
     mlp = "inner_Dense_1/kernel" in p
     has_bias = "inner_Dense_0/bias" in p
@@ -102,7 +127,7 @@ def from_released(params: Mapping[str, Any], *, inner_lr: Sequence[float] = (1.0
     opt = optax.sgd(lrs[0]) if len(set(lrs)) == 1 else optax.sgd(step_sizes(lrs))
     inner = Inner(steps=T, batching="sgd" if sgd else "full", optimizer=opt)
 
-    t = lambda a: jnp.asarray(np.swapaxes(a, -1, -2))          # noqa: E731  flax (in, out) -> W (out, in)
+    t = lambda a: jnp.asarray(np.swapaxes(a, -1, -2))  # noqa: E731  flax (in, out) -> W (out, in)
     if mlp:
         learner = MLP(dh, bias=has_bias, key=jax.random.PRNGKey(0))
         W0 = {"W1": t(p["inner_Dense_0/kernel"]), "W2": t(p["inner_Dense_1/kernel"])}
@@ -115,16 +140,28 @@ def from_released(params: Mapping[str, Any], *, inner_lr: Sequence[float] = (1.0
             W0["b"] = jnp.asarray(p["inner_Dense_0/bias"])
     init = "learned" if train_init else "zero"
     if init == "zero" and any(np.any(np.asarray(w) != 0) for w in W0.values()):
-        raise SpecError("from_released: train_init=False with a non-zero inner_Dense W0; the project's "
-                        "init='zero' is W0 = 0. Load it with train_init=True (same function, W0 then trained)")
-    layer = TTTLayer(dim, heads, learner, init=init, task=Reconstruction.released(decoder_ln=has_ln), inner=inner,
-                     key=jax.random.PRNGKey(0))
+        raise SpecError(
+            "from_released: train_init=False with a non-zero inner_Dense W0; the project's "
+            "init='zero' is W0 = 0. Load it with train_init=True (same function, W0 then trained)"
+        )
+    layer = TTTLayer(
+        dim,
+        heads,
+        learner,
+        init=init,
+        task=Reconstruction.released(decoder_ln=has_ln),
+        inner=inner,
+        key=jax.random.PRNGKey(0),
+    )
     layer = _cast(layer, next(iter(p.values())).dtype)
 
     replace = {
-        lambda m: m.phi.weight: t(p["phi/kernel"]), lambda m: m.phi.bias: jnp.asarray(p["phi/bias"]),
-        lambda m: m.psi.weight: t(p["psi/kernel"]), lambda m: m.psi.bias: jnp.asarray(p["psi/bias"]),
-        lambda m: m.g.weight: t(p["g/kernel"]), lambda m: m.g.bias: jnp.asarray(p["g_bias"]).reshape(dim),
+        lambda m: m.phi.weight: t(p["phi/kernel"]),
+        lambda m: m.phi.bias: jnp.asarray(p["phi/bias"]),
+        lambda m: m.psi.weight: t(p["psi/kernel"]),
+        lambda m: m.psi.bias: jnp.asarray(p["psi/bias"]),
+        lambda m: m.g.weight: t(p["g/kernel"]),
+        lambda m: m.g.bias: jnp.asarray(p["g_bias"]).reshape(dim),
         lambda m: m.h.weight: jnp.asarray(np.transpose(p["h/kernel"], (2, 0, 1))),
         lambda m: m.h.bias: jnp.asarray(p["h_bias"]).reshape(dim),
     }

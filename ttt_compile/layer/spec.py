@@ -3,6 +3,7 @@
 These are small frozen records validated at construction: a bad field raises `SpecError`
 naming the field and the fix, never a silent wrong answer later inside a trace.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,11 @@ StepSizeKind = Literal["fixed", "per_head", "per_token"]
 InnerDtype = Literal["float32", "bfloat16", "mixed"]
 #: Inner.dtype -> (dtype of the fast weights W, their gradients and updates; dtype of the inner
 #: loop's matmul operands: W as the learner sees it, keys, queries, tokens, the decoder g).
-INNER_DTYPES = {"float32": ("float32", "float32"), "bfloat16": ("bfloat16", "bfloat16"),
-                "mixed": ("float32", "bfloat16")}
+INNER_DTYPES = {
+    "float32": ("float32", "float32"),
+    "bfloat16": ("bfloat16", "bfloat16"),
+    "mixed": ("float32", "bfloat16"),
+}
 
 
 class SpecError(ValueError):
@@ -64,17 +68,20 @@ class Reconstruction:
             if not isinstance(getattr(self, name), bool):
                 raise SpecError(f"Reconstruction.{name} must be a bool, got {getattr(self, name)!r}")
         if self.normalisation not in ("paper", "released"):
-            raise SpecError("Reconstruction.normalisation must be 'paper' (eq. 1: 1/(2n) sum ||.||^2) or "
-                            f"'released' (eq. 1 / d_h, the released code's), got {self.normalisation!r}")
-        if (not isinstance(self.ln_eps, (int, float)) or isinstance(self.ln_eps, bool)
-                or not self.ln_eps > 0):
+            raise SpecError(
+                "Reconstruction.normalisation must be 'paper' (eq. 1: 1/(2n) sum ||.||^2) or "
+                f"'released' (eq. 1 / d_h, the released code's), got {self.normalisation!r}"
+            )
+        if not isinstance(self.ln_eps, (int, float)) or isinstance(self.ln_eps, bool) or not self.ln_eps > 0:
             raise SpecError(f"Reconstruction.ln_eps must be a positive float, got {self.ln_eps!r}")
         if self.loss_form not in ("gram", "direct"):
-            raise SpecError("Reconstruction.loss_form must be 'gram' (decoder folded to d_h dims once per head) "
-                            f"or 'direct' (every token decoded to d in every step), got {self.loss_form!r}")
+            raise SpecError(
+                "Reconstruction.loss_form must be 'gram' (decoder folded to d_h dims once per head) "
+                f"or 'direct' (every token decoded to d in every step), got {self.loss_form!r}"
+            )
 
     @classmethod
-    def released(cls, decoder_ln: bool = False) -> "Reconstruction":
+    def released(cls, decoder_ln: bool = False) -> Reconstruction:
         """The released code's task: loss / d_h, per-head phi/psi biases, a shared decoder bias,
         a per-head Decoder LN with flax's epsilon 1e-6."""
         return cls(decoder_ln=decoder_ln, normalisation="released", bias=True, ln_per_head=True, ln_eps=1e-6)
@@ -131,25 +138,39 @@ class Inner:
         if not isinstance(self.chunk, int) or isinstance(self.chunk, bool) or self.chunk < 1:
             raise SpecError(f"Inner.chunk must be a positive int, got {self.chunk!r}")
         if not isinstance(self.optimizer, optax.GradientTransformation):
-            raise SpecError("Inner.optimizer must be an optax.GradientTransformation, e.g. optax.sgd(1.0); "
-                            f"got {type(self.optimizer).__name__}")
+            raise SpecError(
+                "Inner.optimizer must be an optax.GradientTransformation, e.g. optax.sgd(1.0); "
+                f"got {type(self.optimizer).__name__}"
+            )
         if self.eta not in ("fixed", "per_head", "per_token"):
             raise SpecError(f"Inner.eta must be 'fixed', 'per_head' or 'per_token', got {self.eta!r}")
-        if (not isinstance(self.eta_base, (int, float)) or isinstance(self.eta_base, bool)
-                or not self.eta_base > 0):
+        if not isinstance(self.eta_base, (int, float)) or isinstance(self.eta_base, bool) or not self.eta_base > 0:
             raise SpecError(f"Inner.eta_base must be a positive float, got {self.eta_base!r}")
-        if self.token_chunk is not None and (not isinstance(self.token_chunk, int) or isinstance(self.token_chunk, bool)
-                                             or self.token_chunk < 1):
+        if self.token_chunk is not None and (
+            not isinstance(self.token_chunk, int) or isinstance(self.token_chunk, bool) or self.token_chunk < 1
+        ):
             raise SpecError(f"Inner.token_chunk must be None or a positive int, got {self.token_chunk!r}")
         if self.token_chunk is not None and self.batching == "online":
-            raise SpecError("Inner.token_chunk is for batching 'full' or 'sgd'; an online loop already runs in "
-                            "chunks of Inner.chunk tokens")
+            raise SpecError(
+                "Inner.token_chunk is for batching 'full' or 'sgd'; an online loop already runs in "
+                "chunks of Inner.chunk tokens"
+            )
         if self.dtype is not None and self.dtype not in INNER_DTYPES:
             raise SpecError(f"Inner.dtype must be None, {', '.join(map(repr, INNER_DTYPES))}, got {self.dtype!r}")
 
     def __hash__(self):  # optax transformations hold functions: hash by identity of the optimizer
-        return hash((self.steps, self.batching, self.chunk, id(self.optimizer), self.eta, self.eta_base, self.dtype,
-                     self.token_chunk))
+        return hash(
+            (
+                self.steps,
+                self.batching,
+                self.chunk,
+                id(self.optimizer),
+                self.eta,
+                self.eta_base,
+                self.dtype,
+                self.token_chunk,
+            )
+        )
 
     def dtypes(self) -> tuple[str, str] | None:
         """(fast-weight dtype, matmul dtype) of `dtype`, or None when the loop follows its inputs."""
@@ -161,13 +182,17 @@ class Inner:
             return self.steps, n
         if self.batching == "sgd":
             if n % self.steps:
-                raise SpecError(f"Inner.steps={self.steps} must divide the sequence length n={n} for "
-                                f"batching='sgd' (each step takes n/steps tokens); pick steps from "
-                                f"{_divisors(n)}")
+                raise SpecError(
+                    f"Inner.steps={self.steps} must divide the sequence length n={n} for "
+                    f"batching='sgd' (each step takes n/steps tokens); pick steps from "
+                    f"{_divisors(n)}"
+                )
             return self.steps, n // self.steps
         if n % self.chunk:
-            raise SpecError(f"Inner.chunk={self.chunk} must divide the sequence length n={n} for "
-                            f"batching='online'; pick chunk from {_divisors(n)} or pad the sequence")
+            raise SpecError(
+                f"Inner.chunk={self.chunk} must divide the sequence length n={n} for "
+                f"batching='online'; pick chunk from {_divisors(n)} or pad the sequence"
+            )
         return n // self.chunk, self.chunk
 
 

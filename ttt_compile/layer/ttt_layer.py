@@ -14,22 +14,31 @@ chunk of a causal pass ("online", where token j reads the weights after learning
 The plain call runs this with jax.grad inside lax.scan; under `tc.compile` the same code emits
 one `ttt_loop` per layer for the passes to rewrite.
 """
+
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ttt_compile.ir.primitive import ttt_loop
 
-from .inner_steps import (as_compute, batch_step, chunked_map, fold_decoder, fold_targets, linear_decoder_terms,
-                          online_step, reconstruction_loss, token_loss)
+from .inner_steps import (
+    as_compute,
+    batch_step,
+    chunked_map,
+    fold_decoder,
+    fold_targets,
+    linear_decoder_terms,
+    online_step,
+    reconstruction_loss,
+    token_loss,
+)
 from .learners import NonParametric
 from .outer_maps import Decoder, Output, Project, StepSize, decode
 from .spec import Inner, Reconstruction, SpecError
@@ -45,20 +54,27 @@ def split_learner(learner: eqx.Module, outer: Callable | None):
     try:
         marked = eqx.tree_at(outer, marked, replace_fn=lambda node: jax.tree.map(lambda _: True, node))
     except Exception as e:  # noqa: BLE001 - re-raised with the fix
-        raise SpecError(f"TTTLayer.outer must select parts of the learner, e.g. outer=lambda f: (f.ln, f.gate); "
-                        f"applying it failed: {e}") from e
+        raise SpecError(
+            f"TTTLayer.outer must select parts of the learner, e.g. outer=lambda f: (f.ln, f.gate); "
+            f"applying it failed: {e}"
+        ) from e
     fast = eqx.filter(arrays, jax.tree.map(lambda m: not m, marked))
     kept = eqx.filter(arrays, marked)
     if not jax.tree_util.tree_leaves(kept):
-        raise SpecError("TTTLayer.outer selected no float arrays of the learner; select array fields or "
-                        "modules holding them, e.g. outer=lambda f: f.ln")
+        raise SpecError(
+            "TTTLayer.outer selected no float arrays of the learner; select array fields or "
+            "modules holding them, e.g. outer=lambda f: f.ln"
+        )
     return fast, kept, rest
 
 
 def _nonzero(params) -> str:
     """The paths of concrete non-zero arrays in `params` ('' if all zero or not concrete)."""
-    bad = [jax.tree_util.keystr(path) for path, a in jax.tree_util.tree_leaves_with_path(params)
-           if not isinstance(a, jax.core.Tracer) and bool(jnp.any(a != 0))]
+    bad = [
+        jax.tree_util.keystr(path)
+        for path, a in jax.tree_util.tree_leaves_with_path(params)
+        if not isinstance(a, jax.core.Tracer) and bool(jnp.any(a != 0))
+    ]
     return ", ".join(bad)
 
 
@@ -68,14 +84,19 @@ def check_tokens(x: Any, dim: int, what: str = "x") -> None:
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"{what}: expected an array of tokens with shape (n, {dim}), got {type(x).__name__}")
     if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"{what}: expected a float array, got dtype {x.dtype}; cast it, e.g. "
-                        f"{what}.astype(jnp.float32)")
+        raise TypeError(
+            f"{what}: expected a float array, got dtype {x.dtype}; cast it, e.g. {what}.astype(jnp.float32)"
+        )
     if x.ndim != 2:
-        raise ValueError(f"{what}: expected shape (n, {dim}) for one sequence, got {tuple(x.shape)}; "
-                         f"for a batch use jax.vmap(layer)({what})")
+        raise ValueError(
+            f"{what}: expected shape (n, {dim}) for one sequence, got {tuple(x.shape)}; "
+            f"for a batch use jax.vmap(layer)({what})"
+        )
     if x.shape[-1] != dim:
-        raise ValueError(f"{what}: token dimension is {x.shape[-1]} but the layer was built with dim={dim}; "
-                         f"build the layer with dim={x.shape[-1]} or project the tokens to {dim}")
+        raise ValueError(
+            f"{what}: token dimension is {x.shape[-1]} but the layer was built with dim={dim}; "
+            f"build the layer with dim={x.shape[-1]} or project the tokens to {dim}"
+        )
 
 
 # --------------------------------------------------------------------------- the layer
@@ -86,29 +107,40 @@ class TTTLayer(eqx.Module):
     psi: Project
     g: Decoder
     h: Output
-    W0: Any                      # stacked over heads (init="learned"), else None
-    eta: StepSize | None         # the learned inner step size (Inner.eta != "fixed"), else None
+    W0: Any  # stacked over heads (init="learned"), else None
+    eta: StepSize | None  # the learned inner step size (Inner.eta != "fixed"), else None
     dim: int = eqx.field(static=True)
     heads: int = eqx.field(static=True)
     init: str = eqx.field(static=True)
     inner: Inner = eqx.field(static=True)
     task: Reconstruction = eqx.field(static=True)
-    learner_outer: Any           # the learner's arrays marked `outer` (trained by the outer loop), or None
-    learner: Any = eqx.field(static=True)        # the learner's non-array part (eqx.partition)
-    fast_shape: Any = eqx.field(static=True)     # one head's fast weights as ShapeDtypeStructs
+    learner_outer: Any  # the learner's arrays marked `outer` (trained by the outer loop), or None
+    learner: Any = eqx.field(static=True)  # the learner's non-array part (eqx.partition)
+    fast_shape: Any = eqx.field(static=True)  # one head's fast weights as ShapeDtypeStructs
     nonparametric: bool = eqx.field(static=True)
 
-    def __init__(self, dim: int, heads: int, learner: eqx.Module, *, init: str = "zero",
-                 task: Reconstruction = Reconstruction(), inner: Inner = Inner(),
-                 outer: Callable[[eqx.Module], Any] | None = None, key: PRNGKeyArray):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        learner: eqx.Module,
+        *,
+        init: str = "zero",
+        task: Reconstruction = Reconstruction(),
+        inner: Inner = Inner(),
+        outer: Callable[[eqx.Module], Any] | None = None,
+        key: PRNGKeyArray,
+    ):
         """`outer`, optional, selects parts of the learner (as `eqx.tree_at`'s `where` does, e.g.
         `outer=lambda f: (f.ln, f.gate)`) whose arrays are outer parameters: trained by the outer loop,
         held fixed by the inner one, shared by the heads.  Every other float array is a fast weight."""
         if not isinstance(dim, int) or not isinstance(heads, int) or dim < 1 or heads < 1:
             raise SpecError(f"TTTLayer: dim and heads must be positive ints, got dim={dim!r}, heads={heads!r}")
         if dim % heads:
-            raise SpecError(f"TTTLayer.heads={heads} must divide dim={dim} (each head has d/H dims); "
-                            f"pick heads from {[h for h in range(1, dim + 1) if dim % h == 0][:12]}")
+            raise SpecError(
+                f"TTTLayer.heads={heads} must divide dim={dim} (each head has d/H dims); "
+                f"pick heads from {[h for h in range(1, dim + 1) if dim % h == 0][:12]}"
+            )
         if init not in ("zero", "learned"):
             raise SpecError(f"TTTLayer.init must be 'zero' or 'learned', got {init!r}")
         if not isinstance(task, Reconstruction):
@@ -125,50 +157,74 @@ class TTTLayer(eqx.Module):
         else:
             params, self.learner_outer, self.learner = split_learner(learner, outer)
             if not jax.tree_util.tree_leaves(params):
-                raise SpecError(f"TTTLayer.learner ({type(learner).__name__}) has no float array leaves, so "
-                                "there are no fast weights W to learn; give it array fields (e.g. "
-                                "W: Float[Array, 'dh dh']) or subclass tc.learners.NonParametric")
+                raise SpecError(
+                    f"TTTLayer.learner ({type(learner).__name__}) has no float array leaves, so "
+                    "there are no fast weights W to learn; give it array fields (e.g. "
+                    "W: Float[Array, 'dh dh']) or subclass tc.learners.NonParametric"
+                )
             try:
                 out = jax.eval_shape(lambda p: eqx.combine(p, self.inner_model())(jnp.zeros(dh)), params)
             except Exception as e:  # noqa: BLE001 - re-raised with the fix
-                raise SpecError(f"TTTLayer.learner ({type(learner).__name__}) must map one head's token of "
-                                f"shape ({dh},) (d_h = dim/heads) to ({dh},); calling it failed: {e}") from e
+                raise SpecError(
+                    f"TTTLayer.learner ({type(learner).__name__}) must map one head's token of "
+                    f"shape ({dh},) (d_h = dim/heads) to ({dh},); calling it failed: {e}"
+                ) from e
             if getattr(out, "shape", None) != (dh,):
-                raise SpecError(f"TTTLayer.learner ({type(learner).__name__}) must map ({dh},) to ({dh},) "
-                                f"(d_h = dim/heads = {dh}), but it returns {getattr(out, 'shape', out)}")
+                raise SpecError(
+                    f"TTTLayer.learner ({type(learner).__name__}) must map ({dh},) to ({dh},) "
+                    f"(d_h = dim/heads = {dh}), but it returns {getattr(out, 'shape', out)}"
+                )
             if init == "zero" and _nonzero(params):
-                raise SpecError(f"TTTLayer: init='zero' starts every head from W0 = 0, but the learner "
-                                f"({type(learner).__name__}) holds non-zero fast weights ({_nonzero(params)}), "
-                                "which would be ignored; use init='learned' to start from (and train) them, "
-                                "or build the learner with zero arrays")
+                raise SpecError(
+                    f"TTTLayer: init='zero' starts every head from W0 = 0, but the learner "
+                    f"({type(learner).__name__}) holds non-zero fast weights ({_nonzero(params)}), "
+                    "which would be ignored; use init='learned' to start from (and train) them, "
+                    "or build the learner with zero arrays"
+                )
             self.fast_shape = jax.eval_shape(lambda: params)
-            self.W0 = (jax.tree.map(lambda a: jnp.broadcast_to(a, (heads, *a.shape)), params)
-                       if init == "learned" else None)
+            self.W0 = (
+                jax.tree.map(lambda a: jnp.broadcast_to(a, (heads, *a.shape)), params) if init == "learned" else None
+            )
         if self.nonparametric and inner.dtype is not None:
-            raise SpecError(f"Inner.dtype={inner.dtype!r} sets the precision of fast weights, but "
-                            f"{type(learner).__name__} is non-parametric (it has none): leave Inner.dtype=None")
+            raise SpecError(
+                f"Inner.dtype={inner.dtype!r} sets the precision of fast weights, but "
+                f"{type(learner).__name__} is non-parametric (it has none): leave Inner.dtype=None"
+            )
         if self.nonparametric and inner.eta != "fixed":
-            raise SpecError(f"Inner.eta={inner.eta!r} needs a parametric learner (a non-parametric one takes no "
-                            "gradient steps); use Inner(eta='fixed') with "
-                            f"{type(learner).__name__}")
+            raise SpecError(
+                f"Inner.eta={inner.eta!r} needs a parametric learner (a non-parametric one takes no "
+                "gradient steps); use Inner(eta='fixed') with "
+                f"{type(learner).__name__}"
+            )
         kp, kq, kg, kh = jax.random.split(key, 4)
         self.phi = Project(dim, heads, bias=task.bias, key=kp)
         self.psi = Project(dim, heads, bias=task.bias, key=kq)
-        self.g = Decoder(dim, heads, decoder_ln=task.decoder_ln, bias=task.bias, ln_per_head=task.ln_per_head,
-                         ln_eps=task.ln_eps, key=kg)
+        self.g = Decoder(
+            dim,
+            heads,
+            decoder_ln=task.decoder_ln,
+            bias=task.bias,
+            ln_per_head=task.ln_per_head,
+            ln_eps=task.ln_eps,
+            key=kg,
+        )
         self.h = Output(dim, heads, key=kh)
-        self.eta = (None if inner.eta == "fixed" else
-                    StepSize(dim, heads, per_token=inner.eta == "per_token", eta_base=inner.eta_base))
+        self.eta = (
+            None
+            if inner.eta == "fixed"
+            else StepSize(dim, heads, per_token=inner.eta == "per_token", eta_base=inner.eta_base)
+        )
 
     # ----------------------------------------------------------------- public
     def __call__(self, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
         check_tokens(x, self.dim)
-        k, q = self.phi.tokens(x), self.psi.tokens(x)                       # (n, H, d_h)
+        k, q = self.phi.tokens(x), self.psi.tokens(x)  # (n, H, d_h)
         head = self._nonparametric_head if self.nonparametric else self._parametric_head
         dec, dec_axes = self.decoders()
-        w = None if self.eta is None else self.eta(x)                        # (H,) or (H, n)
+        w = None if self.eta is None else self.eta(x)  # (H,) or (H, n)
         o = jax.vmap(head, in_axes=(0, dec_axes, None if w is None else 0, 1, 1, None), out_axes=1)(
-            self._W0(), dec, w, k, q, x)                                      # (n, H, d_h)
+            self._W0(), dec, w, k, q, x
+        )  # (n, H, d_h)
         return self.h.tokens(o.astype(x.dtype))
 
     def inner_losses(self, x: Float[Array, "n d"]) -> Float[Array, "heads steps_plus_1"]:
@@ -187,8 +243,10 @@ class TTTLayer(eqx.Module):
             Ws = self._weights_sequence(W0, dec, w, k, xc)
             compute = self._compute()
             static = as_compute(self.inner_model(), compute)
-            return jax.vmap(lambda W: reconstruction_loss(as_compute(W, compute), static, G, ln, k, xc, c,
-                                                          scale=scale))(Ws)
+            return jax.vmap(
+                lambda W: reconstruction_loss(as_compute(W, compute), static, G, ln, k, xc, c, scale=scale)
+            )(Ws)
+
         return jax.vmap(per_head, in_axes=(0, dec_axes, None if w is None else 0, 1))(self._W0(), dec, w, k)
 
     @property
@@ -196,18 +254,22 @@ class TTTLayer(eqx.Module):
         """c in l = c/(2n) sum ||.||^2: 1 (eq. 1) or 1/d_h (the released code's normalisation)."""
         return self.task.scale(self.dim // self.heads)
 
-    def with_inner(self, **changes) -> "TTTLayer":
+    def with_inner(self, **changes) -> TTTLayer:
         """The same layer (same arrays) with `Inner` fields replaced, e.g. `layer.with_inner(dtype="bfloat16")`.
 
         Only fields that do not change the layer's arrays may change: `dtype`, `steps`, `batching`,
         `chunk`, `optimizer` (not `eta`, which decides whether a learned step size exists)."""
         if "eta" in changes or "eta_base" in changes:
-            raise SpecError("TTTLayer.with_inner cannot change eta/eta_base (they decide the layer's "
-                            "StepSize arrays); build a new layer with Inner(eta=...)")
+            raise SpecError(
+                "TTTLayer.with_inner cannot change eta/eta_base (they decide the layer's "
+                "StepSize arrays); build a new layer with Inner(eta=...)"
+            )
         inner = dataclasses.replace(self.inner, **changes)
         if self.nonparametric and inner.dtype is not None:
-            raise SpecError(f"Inner.dtype={inner.dtype!r} sets the precision of fast weights, but this "
-                            "layer's learner is non-parametric (it has none)")
+            raise SpecError(
+                f"Inner.dtype={inner.dtype!r} sets the precision of fast weights, but this "
+                "layer's learner is non-parametric (it has none)"
+            )
         new = object.__new__(type(self))
         for field in dataclasses.fields(self):
             object.__setattr__(new, field.name, getattr(self, field.name))
@@ -225,7 +287,7 @@ class TTTLayer(eqx.Module):
 
     def _W0(self):
         if self.nonparametric:
-            return jnp.zeros((self.heads,))         # nothing to learn; keeps vmap's in_axes uniform
+            return jnp.zeros((self.heads,))  # nothing to learn; keeps vmap's in_axes uniform
         if self.init == "learned":
             return self.W0
         return jax.tree.map(lambda s: jnp.zeros((self.heads, *s.shape), s.dtype), self.fast_shape)
@@ -233,8 +295,9 @@ class TTTLayer(eqx.Module):
     def _nonparametric_head(self, _, dec, w, k, q, x):
         G, c, ln = dec
         scale = self.loss_scale
-        labels = jax.vmap(lambda xi: -jax.grad(lambda z: scale * token_loss(decode(G, ln, z, c), xi))(
-            jnp.zeros(k.shape[-1], x.dtype)))(x)
+        labels = jax.vmap(
+            lambda xi: -jax.grad(lambda z: scale * token_loss(decode(G, ln, z, c), xi))(jnp.zeros(k.shape[-1], x.dtype))
+        )(x)
         state = self.learner.fit(k, labels)
         return jax.vmap(lambda qj: self.learner.predict(state, qj))(q)
 
@@ -247,7 +310,7 @@ class TTTLayer(eqx.Module):
             dec, maps = fold_decoder(*dec)
             if self.inner.token_chunk is None:
                 data = {"k": k, **fold_targets(maps, x)}
-            else:                  # targets folded chunk by chunk: no (n, d_h) targets outside the chunks
+            else:  # targets folded chunk by chunk: no (n, d_h) targets outside the chunks
                 dec, data = dec._replace(maps=maps), {"k": k, "x": x}
         else:
             data = {"k": k, "x": x} if v is None else {"k": k, "v": v}
@@ -257,8 +320,8 @@ class TTTLayer(eqx.Module):
             data["w"] = w
         if self.inner.batching == "full":
             return (dec, data), None
-        split = {name: a for name, a in data.items() if a.ndim}            # per-token arrays are split
-        shared = {name: a for name, a in data.items() if not a.ndim}       # a per-head eta is not
+        split = {name: a for name, a in data.items() if a.ndim}  # per-token arrays are split
+        shared = {name: a for name, a in data.items() if not a.ndim}  # a per-head eta is not
         return (dec, shared), {name: a.reshape(steps, b, *a.shape[1:]) for name, a in split.items()}
 
     def _folds_decoder(self) -> bool:
@@ -291,19 +354,35 @@ class TTTLayer(eqx.Module):
         nw = len(jax.tree_util.tree_leaves(W0))
         if self.inner.batching == "online":
             G, c, ln = dec
-            if ln is None:            # linear decoder: M and v_i = G^T (x_i - c) for all tokens at once
+            if ln is None:  # linear decoder: M and v_i = G^T (x_i - c) for all tokens at once
                 M, v = linear_decoder_terms(G, c, x)
                 consts, xs = self._loop_inputs(dec, w, k, None, q, v=v)
                 consts = (consts[0], {**consts[1], "M": M})
             else:
                 consts, xs = self._loop_inputs(dec, w, k, x, q)
-            _, ys = ttt_loop(online_step(opt, static, scale, compute), consts, carry, xs, steps=steps,
-                             schedule="online", init=self.init, num_weights=nw)
+            _, ys = ttt_loop(
+                online_step(opt, static, scale, compute),
+                consts,
+                carry,
+                xs,
+                steps=steps,
+                schedule="online",
+                init=self.init,
+                num_weights=nw,
+            )
             return ys.reshape(n, -1)
         consts, xs = self._loop_inputs(dec, w, k, x)
         tc = self._token_chunk(n)
-        (WT, _), _ = ttt_loop(batch_step(opt, static, scale, compute, tc), consts, carry, xs, steps=steps,
-                              schedule=self.inner.batching, init=self.init, num_weights=nw)
+        (WT, _), _ = ttt_loop(
+            batch_step(opt, static, scale, compute, tc),
+            consts,
+            carry,
+            xs,
+            steps=steps,
+            schedule=self.inner.batching,
+            init=self.init,
+            num_weights=nw,
+        )
         f = eqx.combine(as_compute(WT, compute), static)
         return chunked_map(jax.vmap(f), q, tc)
 
@@ -312,9 +391,11 @@ class TTTLayer(eqx.Module):
         c = self.inner.token_chunk
         _, b = self.inner.blocks(n)
         if c is not None and (n % c or (b > c and b % c)):
-            raise SpecError(f"Inner.token_chunk={c} must divide the sequence length n={n}"
-                            + (f" and the {b} tokens of each SGD step" if b != n else "")
-                            + "; pick a common divisor or token_chunk=None")
+            raise SpecError(
+                f"Inner.token_chunk={c} must divide the sequence length n={n}"
+                + (f" and the {b} tokens of each SGD step" if b != n else "")
+                + "; pick a common divisor or token_chunk=None"
+            )
         return c
 
     def _weights_sequence(self, W0, dec, w, k, x):
@@ -329,7 +410,6 @@ class TTTLayer(eqx.Module):
         def keep(carry, xt):
             new, _ = step(consts, carry, xt)
             return new, new[0]
+
         _, Ws = jax.lax.scan(keep, (W0, opt.init(W0)), xs, length=steps)
         return jax.tree.map(lambda a, w: jnp.concatenate([a[None], w]), W0, Ws)
-
-

@@ -16,6 +16,7 @@ Test hook: the environment variable ``TTT_COMPILE_CHECKPOINT_FAULT`` = ``sleep@S
 step ``S``'s ``meta`` item print ``checkpoint-fault: sleeping at step S`` to stderr and sleep (for a
 test to ``kill -9`` it mid-write); ``exit@S`` makes it call ``os._exit(3)`` there.
 """
+
 from __future__ import annotations
 
 import logging
@@ -103,8 +104,9 @@ class Checkpoints:
 
     def __init__(self, directory: str | os.PathLike, *, keep: int | None = None, asynchronous: bool = False):
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=asynchronous,
-                                               create=True, cleanup_tmp_directories=True)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, enable_async_checkpointing=asynchronous, create=True, cleanup_tmp_directories=True
+        )
         registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
         state, meta = ocp.StandardCheckpointHandler(), _MetaHandler()
         for args in (ocp.args.StandardSave, ocp.args.StandardRestore):
@@ -123,8 +125,9 @@ class Checkpoints:
 
     def save(self, step: int, state: PyTree, meta: dict[str, Any] | None = None) -> None:
         """Write ``state`` (a pytree of arrays, sharded or not) and JSON ``meta`` as step ``step``."""
-        args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                  meta=ocp.args.JsonSave({**(meta or {}), "step": step}))
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave({**(meta or {}), "step": step})
+        )
         self._manager.save(step, args=args, force=True)
 
     def wait(self) -> None:
@@ -141,13 +144,16 @@ class Checkpoints:
         """Step ``step`` with the structure, shapes, dtypes and shardings of ``like`` (arrays or
         ``jax.ShapeDtypeStruct`` with a ``sharding``): arrays land directly on the current mesh."""
         abstract = jax.tree_util.tree_map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), like)
-        out = self._manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                 meta=ocp.args.JsonRestore()))
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), like
+        )
+        out = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+        )
         return Restored(step, out["state"], dict(out["meta"]))
 
-    def restore_latest(self, like: PyTree, *, check: Callable[[dict[str, Any]], None] | None = None,
-                       say: Callable[[str], None] = print) -> Restored | None:
+    def restore_latest(
+        self, like: PyTree, *, check: Callable[[dict[str, Any]], None] | None = None, say: Callable[[str], None] = print
+    ) -> Restored | None:
         """The newest checkpoint that can be read (``None`` when there is none at all).
 
         ``check(meta)`` may refuse a readable checkpoint by raising (e.g. a config mismatch): that error
@@ -173,8 +179,11 @@ class Checkpoints:
                 failures.append(f"{self.path(step)} ({_reason(e)})")
                 say(f"checkpoint {self.path(step)} cannot be read ({_reason(e)}): trying the previous one")
         if failures:
-            raise CheckpointError(f"no usable checkpoint in {self.directory}: " + "; ".join(failures)
-                                  + ": delete the damaged ones, or start a new --workdir")
+            raise CheckpointError(
+                f"no usable checkpoint in {self.directory}: "
+                + "; ".join(failures)
+                + ": delete the damaged ones, or start a new --workdir"
+            )
         return None
 
     def delete_after(self, step: int) -> list[int]:

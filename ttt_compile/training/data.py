@@ -10,6 +10,7 @@ Records are dicts of numpy arrays: ``image`` float32 ``(h, w, c)``, ``label`` in
 batches add ``target`` (float32 ``(B, classes)``, one-hot or mixed up), evaluation batches add
 ``mask`` (1 for real examples, 0 for the padding that fills the last batch).
 """
+
 from __future__ import annotations
 
 import math
@@ -73,13 +74,18 @@ def load_digits(*, split_seed: int = 0, test_fraction: float = 0.2) -> dict[str,
     test, train = perm[:n_test], perm[n_test:]
     mean, std = images[train].mean(), images[train].std()
     norm = ((images - mean) / std)[..., None].astype(np.float32)
-    return {"train_images": norm[train], "train_labels": labels[train],
-            "test_images": norm[test], "test_labels": labels[test]}
+    return {
+        "train_images": norm[train],
+        "train_labels": labels[train],
+        "test_images": norm[test],
+        "test_labels": labels[test],
+    }
 
 
 def _array_records(images: np.ndarray, labels: np.ndarray) -> grain.MapDataset:
     return grain.MapDataset.source(np.arange(len(images))).map(
-        lambda i: {"image": images[i], "label": np.int32(labels[i])})
+        lambda i: {"image": images[i], "label": np.int32(labels[i])}
+    )
 
 
 def flip_record(record: Record, rng: np.random.Generator) -> Record:
@@ -92,8 +98,9 @@ def flip_record(record: Record, rng: np.random.Generator) -> Record:
 def digits(config: Config) -> Data:
     """The digits as :class:`Data`: tokens are pixels, ``(8, 8, 1)`` images, 10 classes."""
     if config.crop_area_min is not None or config.randaugment is not None:
-        raise ConfigError("crop_area_min and randaugment apply to image files (imagenet), not to the 8x8 "
-                          "digits: set them to None")
+        raise ConfigError(
+            "crop_area_min and randaugment apply to image files (imagenet), not to the 8x8 digits: set them to None"
+        )
     d = load_digits(test_fraction=config.test_fraction)
     train = _array_records(d["train_images"], d["train_labels"])
     transform = flip_record if config.flip else (lambda record, rng: record)
@@ -103,16 +110,19 @@ def digits(config: Config) -> Data:
 # --------------------------------------------------------------------------------------- imagenet
 
 
-def list_image_folder(root: str | os.PathLike, classes: Sequence[str] | None = None
-                      ) -> tuple[list[tuple[str, int]], list[str]]:
+def list_image_folder(
+    root: str | os.PathLike, classes: Sequence[str] | None = None
+) -> tuple[list[tuple[str, int]], list[str]]:
     """``(path, label)`` for every image under ``root/<class>/``, sorted, and the class names.
 
     Labels index ``classes`` (default: the sorted sub-folders of ``root``).
     """
     root = Path(root)
     if not root.is_dir():
-        raise ConfigError(f"image folder {root} does not exist: an ImageNet directory needs "
-                          "train/<class>/*.JPEG and val/<class>/*.JPEG")
+        raise ConfigError(
+            f"image folder {root} does not exist: an ImageNet directory needs "
+            "train/<class>/*.JPEG and val/<class>/*.JPEG"
+        )
     found = sorted(p.name for p in root.iterdir() if p.is_dir())
     classes = list(found if classes is None else classes)
     if not classes:
@@ -121,8 +131,9 @@ def list_image_folder(root: str | os.PathLike, classes: Sequence[str] | None = N
     if unknown:
         raise ConfigError(f"{root} has class folders missing from train/: {', '.join(unknown[:5])}")
     index = {c: i for i, c in enumerate(classes)}
-    items = [(str(p), index[c]) for c in found for p in sorted((root / c).iterdir())
-             if p.suffix.lower() in IMAGE_EXTENSIONS]
+    items = [
+        (str(p), index[c]) for c in found for p in sorted((root / c).iterdir()) if p.suffix.lower() in IMAGE_EXTENSIONS
+    ]
     if not items:
         raise ConfigError(f"{root} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
     return items, classes
@@ -134,8 +145,15 @@ def decode(path: str) -> Image.Image:
         return im.convert("RGB")
 
 
-def random_resized_crop(im: Image.Image, size: int, rng: np.random.Generator, *, area_min: float = 0.05,
-                        ratio: tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10) -> Image.Image:
+def random_resized_crop(
+    im: Image.Image,
+    size: int,
+    rng: np.random.Generator,
+    *,
+    area_min: float = 0.05,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    attempts: int = 10,
+) -> Image.Image:
     """Inception-style crop: a box of area ``U(area_min, 1) * H W`` and aspect ratio ``w/h`` log-uniform
     in ``ratio`` at a uniform position (up to ``attempts`` draws until one fits, else the central
     square-ish box of the clamped ratio), resized bilinearly to ``size x size``."""
@@ -200,7 +218,7 @@ def _cutout(im: Image.Image, level: float, rng: np.random.Generator) -> Image.Im
     h, w = x.shape[:2]
     pad = int(level / 10 * 40 / 224 * min(h, w))
     cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
-    x[max(cy - pad, 0):cy + pad, max(cx - pad, 0):cx + pad] = _FILL
+    x[max(cy - pad, 0) : cy + pad, max(cx - pad, 0) : cx + pad] = _FILL
     return Image.fromarray(x)
 
 
@@ -265,8 +283,14 @@ def imagenet(config: Config, root: str | os.PathLike) -> Data:
     def test_record(item: tuple[str, int]) -> Record:
         return {"image": to_float(resize_center_crop(decode(item[0]), size)), "label": np.int32(item[1])}
 
-    return Data("imagenet", grain.MapDataset.source(train_items), imagenet_train_transform(config),
-                grain.MapDataset.source(test_items).map(test_record), len(classes), (size, size, 3))
+    return Data(
+        "imagenet",
+        grain.MapDataset.source(train_items),
+        imagenet_train_transform(config),
+        grain.MapDataset.source(test_items).map(test_record),
+        len(classes),
+        (size, size, 3),
+    )
 
 
 def load(config: Config, data: str | None = None) -> Data:
@@ -296,8 +320,9 @@ def _stack(records: Sequence[Record]) -> Record:
     return {k: np.stack([r[k] for r in records]) for k in records[0]}
 
 
-def train_batches(data: Data, *, batch_size: int, seed: int, mixup_alpha: float = 0.0,
-                  process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
+def train_batches(
+    data: Data, *, batch_size: int, seed: int, mixup_alpha: float = 0.0, process_index: int = 0, process_count: int = 1
+) -> grain.MapDataset:
     """Element ``s`` is this process's share (``batch_size / process_count`` examples) of step ``s``'s
     global batch; infinitely many steps, each epoch a fresh permutation drawn from ``seed``."""
     local = batch_size // process_count
@@ -315,8 +340,7 @@ def train_batches(data: Data, *, batch_size: int, seed: int, mixup_alpha: float 
     return batches
 
 
-def eval_batches(data: Data, *, batch_size: int, process_index: int = 0, process_count: int = 1
-                 ) -> grain.MapDataset:
+def eval_batches(data: Data, *, batch_size: int, process_index: int = 0, process_count: int = 1) -> grain.MapDataset:
     """The test set in order, in global batches of ``batch_size`` (this process's share of each);
     the last is padded with masked copies of example 0 so that every batch has the same shape."""
     local = batch_size // process_count
@@ -332,12 +356,14 @@ def eval_batches(data: Data, *, batch_size: int, process_index: int = 0, process
     return padded.batch(local, batch_fn=_stack)[process_index::process_count]
 
 
-def iterate(batches: grain.MapDataset, start: int, stop: int, *, threads: int = 4, workers: int = 0
-            ) -> grain.DatasetIterator:
+def iterate(
+    batches: grain.MapDataset, start: int, stop: int, *, threads: int = 4, workers: int = 0
+) -> grain.DatasetIterator:
     """Elements ``start .. stop-1`` in order, read ahead by ``threads`` threads (and ``workers``
     processes when > 0); ``close()`` the iterator to stop its readers."""
     ds = batches[start:stop].to_iter_dataset(
-        grain.ReadOptions(num_threads=max(threads, 1), prefetch_buffer_size=max(2 * threads, 2)))
+        grain.ReadOptions(num_threads=max(threads, 1), prefetch_buffer_size=max(2 * threads, 2))
+    )
     if workers > 0:
         from absl import flags
 

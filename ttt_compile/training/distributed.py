@@ -5,6 +5,7 @@ this process's id, from arguments or the environment (``JAX_COORDINATOR_ADDRESS`
 Call :func:`initialize` before anything touches a device; afterwards ``jax.devices()`` lists every
 process's devices and the trainer builds one mesh over them.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,8 +35,12 @@ def _int(name: str, value: str | int) -> int:
         raise ConfigError(f"{name}={value!r} is not an integer") from None
 
 
-def cluster(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-            environ: dict[str, str] | None = None) -> Cluster | None:
+def cluster(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    environ: dict[str, str] | None = None,
+) -> Cluster | None:
     """The cluster the arguments (falling back on the environment) describe; ``None`` for a
     single-process run (nothing given, or one process)."""
     env = os.environ if environ is None else environ
@@ -45,7 +50,9 @@ def cluster(coordinator: str | None = None, num_processes: int | None = None, pr
         return None
     missing = [f"--{k.replace('_', '-')} / {ENV[k]}" for k, v in values.items() if v is None]
     if missing:
-        raise ConfigError(f"a multi-process run needs all of coordinator, process count and id: set {', '.join(missing)}")
+        raise ConfigError(
+            f"a multi-process run needs all of coordinator, process count and id: set {', '.join(missing)}"
+        )
     n, i = _int("num_processes", values["num_processes"]), _int("process_id", values["process_id"])
     if n < 1 or not 0 <= i < n:
         raise ConfigError(f"process_id={i} with num_processes={n}: ids run from 0 to num_processes - 1")
@@ -61,5 +68,6 @@ def initialize(c: Cluster | None) -> None:
         return
     if os.environ.get("JAX_PLATFORMS", "cpu").startswith("cpu"):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(coordinator_address=c.coordinator, num_processes=c.num_processes,
-                               process_id=c.process_id)
+    jax.distributed.initialize(
+        coordinator_address=c.coordinator, num_processes=c.num_processes, process_id=c.process_id
+    )

@@ -6,6 +6,7 @@ Train records: ``{"split": "train", "step", "loss", "accuracy", "grad_norm", "lr
 t = 0..T inner steps, the paper's Figure 1 right; ``perplexity``, ``bits_per_token`` for language
 modelling).
 """
+
 from __future__ import annotations
 
 import json

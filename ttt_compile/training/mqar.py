@@ -12,6 +12,7 @@ only where token i is a queried key (target: that key's value).  Recall accuracy
 those positions where argmax of the logits is the value.  A model can answer only by having stored
 the pairs of the context in its state: the task measures associative memory capacity per width.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,11 +32,15 @@ class MQARSpec:
         if self.num_pairs < 1 or self.vocab < 4:
             raise ValueError(f"MQARSpec: need num_pairs >= 1 and vocab >= 4, got {self}")
         if self.seq_len < 4 * self.num_pairs:
-            raise ValueError(f"MQARSpec: seq_len={self.seq_len} < 4 * num_pairs={4 * self.num_pairs} "
-                             "(2N context tokens plus N key/value query pairs)")
+            raise ValueError(
+                f"MQARSpec: seq_len={self.seq_len} < 4 * num_pairs={4 * self.num_pairs} "
+                "(2N context tokens plus N key/value query pairs)"
+            )
         if self.num_pairs > self.vocab // 2 - 1:
-            raise ValueError(f"MQARSpec: num_pairs={self.num_pairs} distinct keys need vocab >= "
-                             f"{2 * (self.num_pairs + 1)}, got vocab={self.vocab}")
+            raise ValueError(
+                f"MQARSpec: num_pairs={self.num_pairs} distinct keys need vocab >= "
+                f"{2 * (self.num_pairs + 1)}, got vocab={self.vocab}"
+            )
 
 
 def example(rng: np.random.Generator, spec: MQARSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -46,14 +51,14 @@ def example(rng: np.random.Generator, spec: MQARSpec) -> tuple[np.ndarray, np.nd
     keys = rng.choice(np.arange(1, K), size=N, replace=False)
     values = rng.integers(K, V, size=N)
     seq = np.zeros(L + 1, np.int32)
-    seq[0:2 * N:2], seq[1:2 * N:2] = keys, values
-    slots = (L - 2 * N) // 2                                  # query slots at even offsets after the context
+    seq[0 : 2 * N : 2], seq[1 : 2 * N : 2] = keys, values
+    slots = (L - 2 * N) // 2  # query slots at even offsets after the context
     where = 2 * N + 2 * np.sort(rng.choice(slots, size=N, replace=False))
     order = rng.permutation(N)
     seq[where], seq[where + 1] = keys[order], values[order]
     mask = np.zeros(L, bool)
     mask[where] = True
-    return seq[:L], seq[1:L + 1], mask
+    return seq[:L], seq[1 : L + 1], mask
 
 
 def batch(seed: int | tuple[int, ...], size: int, spec: MQARSpec) -> dict[str, np.ndarray]:

@@ -6,6 +6,7 @@
 
 The decay is decoupled as in Beyer et al. (2022): it follows the schedule's shape, not its scale.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,8 +25,10 @@ def total_steps(config: Config, train_size: int | None) -> int:
     if config.steps is not None:
         return config.steps
     if train_size is None:
-        raise ConfigError(f"epochs={config.epochs} needs a finite training set; data={config.data!r} is an "
-                          "endless stream: set steps instead")
+        raise ConfigError(
+            f"epochs={config.epochs} needs a finite training set; data={config.data!r} is an "
+            "endless stream: set steps instead"
+        )
     return math.ceil(config.epochs * train_size / config.batch_size)
 
 
@@ -38,8 +41,10 @@ def plan_steps(config: Config, train_size: int | None, steps: int | None) -> tup
         raise ConfigError(f"steps={steps!r} must be a positive integer")
     warmup = round(config.warmup_steps * total / natural)
     if warmup >= total:
-        raise ConfigError(f"warmup_steps={config.warmup_steps} leaves no step for the cosine decay of a "
-                          f"{total}-step run: lower warmup_steps below {natural}")
+        raise ConfigError(
+            f"warmup_steps={config.warmup_steps} leaves no step for the cosine decay of a "
+            f"{total}-step run: lower warmup_steps below {natural}"
+        )
     return total, warmup
 
 
@@ -61,6 +66,12 @@ def make_optimizer(config: Config, schedule: optax.Schedule) -> optax.GradientTr
     """Global-norm clipping at ``grad_clip`` (if set), then AdamW with decoupled decay
     ``weight_decay / lr``, first moment in bfloat16 when ``dtype = "bfloat16"``."""
     mu_dtype = jnp.bfloat16 if config.dtype == "bfloat16" else None
-    adamw = optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay / config.lr,
-                        mu_dtype=mu_dtype, mask=decay_mask)
+    adamw = optax.adamw(
+        schedule,
+        b1=config.b1,
+        b2=config.b2,
+        weight_decay=config.weight_decay / config.lr,
+        mu_dtype=mu_dtype,
+        mask=decay_mask,
+    )
     return optax.chain(optax.clip_by_global_norm(config.grad_clip), adamw) if config.grad_clip else adamw

@@ -7,6 +7,7 @@ MQAR example drawn from that generator. The batch of step ``s`` on process ``h``
 examples ``s*B + h*B/P ... s*B + (h+1)*B/P - 1``: each process builds only its own rows, and a resumed
 run sees exactly the batches an uninterrupted one would.
 """
+
 from __future__ import annotations
 
 import math
@@ -20,7 +21,7 @@ from ttt_compile.training import mqar, text
 from ttt_compile.training.data import Record
 
 #: Examples a training stream offers (it is sliced lazily: effectively endless).
-STREAM = 2 ** 40
+STREAM = 2**40
 EVAL_SEED = 10_000
 
 
@@ -62,7 +63,8 @@ def text_eval_records(ids: np.ndarray, seq_len: int, limit: int) -> grain.MapDat
     """The first ``limit`` non-overlapping windows of the held-out ids."""
     w = text.eval_windows(ids, seq_len, limit).astype(np.int32)
     return grain.MapDataset.source(np.arange(len(w))).map(
-        lambda i: {"inputs": w[i, :-1], "targets": w[i, 1:], "mask": np.ones(seq_len, bool)})
+        lambda i: {"inputs": w[i, :-1], "targets": w[i, 1:], "mask": np.ones(seq_len, bool)}
+    )
 
 
 def mqar_examples(spec: mqar.MQARSpec, seed: int) -> grain.MapDataset:
@@ -80,15 +82,17 @@ def mqar_eval_records(spec: mqar.MQARSpec, seed: int, size: int) -> grain.MapDat
     return mqar_examples(spec, EVAL_SEED + seed)[:size]
 
 
-def train_batches(examples: grain.MapDataset, *, batch_size: int, process_index: int = 0,
-                  process_count: int = 1) -> grain.MapDataset:
+def train_batches(
+    examples: grain.MapDataset, *, batch_size: int, process_index: int = 0, process_count: int = 1
+) -> grain.MapDataset:
     """Element ``s``: this process's rows (``batch_size / process_count``) of step ``s``'s batch."""
     local = batch_size // process_count
     return examples.batch(local, drop_remainder=True, batch_fn=_stack)[process_index::process_count]
 
 
-def eval_batches(records: grain.MapDataset, *, batch_size: int, process_index: int = 0,
-                 process_count: int = 1) -> grain.MapDataset:
+def eval_batches(
+    records: grain.MapDataset, *, batch_size: int, process_index: int = 0, process_count: int = 1
+) -> grain.MapDataset:
     """The records in order in global batches of ``batch_size`` (this process's rows of each); the
     last batch is padded with copies of record 0 whose ``mask`` is all False."""
     n = len(records)

@@ -13,6 +13,7 @@ contiguous block of the flattened mesh and its slice of a batch is a contiguous 
   such dimension (scalars, odd sizes) are replicated. Each device then holds ``1/F`` of every
   sharded array; XLA gathers them where the step needs them whole (FSDP / ZeRO-3).
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -79,6 +80,7 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
 def to_host(tree: PyTree) -> PyTree:
     """``tree``'s arrays as numpy on this host. Replicated arrays of a multi-process mesh, which no
     process can fetch whole, are read from this process's first copy."""
+
     def one(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             if not x.is_fully_replicated:

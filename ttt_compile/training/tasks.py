@@ -9,6 +9,7 @@ evaluation adds up over the test set, and the grain pipelines of its data:
 - :class:`LanguageModelling` (``data = "text"``) and :class:`Recall` (``data = "mqar"``): a causal LM,
   ``L = sum_{b,i} m_{b,i} CE(logits(x_b)_i, y_{b,i}) / sum_{b,i} m_{b,i}`` over the scored positions.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -46,8 +47,10 @@ def resolve_layer(name: str) -> Callable[..., eqx.Module]:
     module_name, sep, attr = name.partition(":")
     if not sep:
         if name not in layers.PRESETS:
-            raise ConfigError(f"layer={name!r} is not a layer preset: use one of {', '.join(layers.PRESETS)} "
-                              "or 'module:attr' naming a layer factory")
+            raise ConfigError(
+                f"layer={name!r} is not a layer preset: use one of {', '.join(layers.PRESETS)} "
+                "or 'module:attr' naming a layer factory"
+            )
         return layers.PRESETS[name]
     try:
         module = importlib.import_module(module_name)
@@ -55,8 +58,10 @@ def resolve_layer(name: str) -> Callable[..., eqx.Module]:
         raise ConfigError(f"layer={name!r}: cannot import {module_name} ({e}): fix the module path") from e
     factory = getattr(module, attr, None)
     if not callable(factory):
-        raise ConfigError(f"layer={name!r}: {module_name} has no layer factory {attr!r}: "
-                          "use a preset name or 'module:attr' of a callable")
+        raise ConfigError(
+            f"layer={name!r}: {module_name} has no layer factory {attr!r}: "
+            "use a preset name or 'module:attr' of a callable"
+        )
     return factory
 
 
@@ -115,8 +120,9 @@ class CompiledLayer(eqx.Module):
         return fn if callable(fn) else None
 
 
-def compile_layers(model: eqx.Module, where: Callable[[Any], list[eqx.Module]], n_tokens: int, width: int,
-                   config: Config) -> eqx.Module:
+def compile_layers(
+    model: eqx.Module, where: Callable[[Any], list[eqx.Module]], n_tokens: int, width: int, config: Config
+) -> eqx.Module:
     """Every layer ``where(model)`` lists compiled with ``tc.compile(layer, x, passes=config.passes)`` on an
     ``(n_tokens, width)`` example in the compute dtype, its float leaves kept in float32 (the master
     weights), and wrapped in :class:`CompiledLayer`. ``passes = None`` leaves the model as it is."""
@@ -137,8 +143,9 @@ def compile_layers(model: eqx.Module, where: Callable[[Any], list[eqx.Module]], 
 
 def source_model(model: eqx.Module) -> eqx.Module:
     """``model`` with every :class:`CompiledLayer` replaced by its source layer (same parameters)."""
-    return jax.tree_util.tree_map(lambda x: x.layer if isinstance(x, CompiledLayer) else x, model,
-                                  is_leaf=lambda x: isinstance(x, CompiledLayer))
+    return jax.tree_util.tree_map(
+        lambda x: x.layer if isinstance(x, CompiledLayer) else x, model, is_leaf=lambda x: isinstance(x, CompiledLayer)
+    )
 
 
 def _masked_ce(logits: Float[Array, "b n v"], targets: Int[Array, "b n"], mask: Array) -> tuple[Array, Array]:
@@ -154,7 +161,7 @@ def _masked_ce(logits: Float[Array, "b n v"], targets: Int[Array, "b n"], mask: 
 class Task:
     """The trainer's view of a task (see the module doc); subclasses fill in the model and data."""
 
-    unit = "examples"          # what the throughput counts: images, sequences
+    unit = "examples"  # what the throughput counts: images, sequences
     train_size: int | None = None  # examples per epoch (None: an endless stream)
 
     def __init__(self, config: Config, num_devices: int = 1):
@@ -204,8 +211,9 @@ class ImageClassification(Task):
 
     def describe(self) -> str:
         d = self.data
-        return (f"data {d.name}: {d.train_size} train / {d.test_size} test images {d.image_shape}, "
-                f"{d.num_classes} classes")
+        return (
+            f"data {d.name}: {d.train_size} train / {d.test_size} test images {d.image_shape}, {d.num_classes} classes"
+        )
 
     def build(self, key: Any) -> eqx.Module:
         """The ViT, its attention layers compiled (built eagerly: the per-primitive executables are
@@ -215,10 +223,19 @@ class ImageClassification(Task):
         c = self.config
         rows, cols, channels = self.data.image_shape
         factory = bind_factory(c.layer, resolve_layer(c.layer), dict(c.layer_options))
-        model = ViT(image_size=(rows, cols), channels=channels, num_classes=self.data.num_classes, patch=c.patch,
-                    posemb=c.posemb, layer=factory, key=key, **c.model_dims())
-        return compile_layers(model, lambda m: [b.attn for b in m.blocks], model.num_tokens,
-                              model.embed.out_features, c)
+        model = ViT(
+            image_size=(rows, cols),
+            channels=channels,
+            num_classes=self.data.num_classes,
+            patch=c.patch,
+            posemb=c.posemb,
+            layer=factory,
+            key=key,
+            **c.model_dims(),
+        )
+        return compile_layers(
+            model, lambda m: [b.attn for b in m.blocks], model.num_tokens, model.embed.out_features, c
+        )
 
     def stage_names(self, model):
         from ttt_compile.models.vit import stage_names
@@ -244,27 +261,40 @@ class ImageClassification(Task):
         logits = jax.vmap(model)(images).astype(jnp.float32)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
         inner = jax.vmap(model.inner_losses)(images) if model.has_inner_losses() else ()
-        return {"loss": jnp.sum(ce * mask), "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
-                "count": jnp.sum(mask),
-                "inner_loss": jax.tree_util.tree_map(lambda v: jnp.tensordot(mask, v.astype(jnp.float32), 1), inner)}
+        return {
+            "loss": jnp.sum(ce * mask),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+            "count": jnp.sum(mask),
+            "inner_loss": jax.tree_util.tree_map(lambda v: jnp.tensordot(mask, v.astype(jnp.float32), 1), inner),
+        }
 
     def eval_result(self, total):
         result = super().eval_result(total)
         count = float(total["count"])
-        inner = {f"blocks[{i}]": (np.mean(v, axis=0) / count).tolist()
-                 for i, v in enumerate(total["inner_loss"]) if v is not None}
+        inner = {
+            f"blocks[{i}]": (np.mean(v, axis=0) / count).tolist()
+            for i, v in enumerate(total["inner_loss"])
+            if v is not None
+        }
         if inner:
             result["inner_loss"] = inner
         return result
 
     def train_batches(self, process_index, process_count):
         c = self.config
-        return data_lib.train_batches(self.data, batch_size=c.batch_size, seed=c.seed, mixup_alpha=c.mixup,
-                                      process_index=process_index, process_count=process_count)
+        return data_lib.train_batches(
+            self.data,
+            batch_size=c.batch_size,
+            seed=c.seed,
+            mixup_alpha=c.mixup,
+            process_index=process_index,
+            process_count=process_count,
+        )
 
     def eval_batches(self, process_index, process_count):
-        return data_lib.eval_batches(self.data, batch_size=self.config.eval_batch_size,
-                                     process_index=process_index, process_count=process_count)
+        return data_lib.eval_batches(
+            self.data, batch_size=self.config.eval_batch_size, process_index=process_index, process_count=process_count
+        )
 
 
 class _Sequences(Task):
@@ -280,8 +310,14 @@ class _Sequences(Task):
         c = self.config
         dims = c.model_dims()
         try:
-            model = causal_lm(vocab=self.vocab_size, max_len=c.seq_len, mixer=causal_mixer(c),
-                              prev_token=c.prev_token, key=key, **dims)
+            model = causal_lm(
+                vocab=self.vocab_size,
+                max_len=c.seq_len,
+                mixer=causal_mixer(c),
+                prev_token=c.prev_token,
+                key=key,
+                **dims,
+            )
         except SpecError as e:
             raise ConfigError(f"layer={c.layer!r} with layer_options={dict(c.layer_options)}: {e}") from e
         return compile_layers(model, lambda m: [b.mixer for b in m.blocks], c.seq_len, dims["width"], c)
@@ -308,12 +344,14 @@ class _Sequences(Task):
         return {"loss": ce, "correct": hits, "count": jnp.sum(batch["mask"].astype(jnp.float32))}
 
     def _batches(self, examples, process_index, process_count):
-        return sequences.train_batches(examples, batch_size=self.config.batch_size, process_index=process_index,
-                                       process_count=process_count)
+        return sequences.train_batches(
+            examples, batch_size=self.config.batch_size, process_index=process_index, process_count=process_count
+        )
 
     def _eval(self, records, process_index, process_count):
-        return sequences.eval_batches(records, batch_size=self.config.eval_batch_size,
-                                      process_index=process_index, process_count=process_count)
+        return sequences.eval_batches(
+            records, batch_size=self.config.eval_batch_size, process_index=process_index, process_count=process_count
+        )
 
 
 class LanguageModelling(_Sequences):
@@ -327,8 +365,10 @@ class LanguageModelling(_Sequences):
 
     def describe(self) -> str:
         c = self.corpus
-        return (f"data text: {len(c.train):,} train / {len(c.val):,} held-out characters, {c.vocab.size} symbols; "
-                f"windows of {self.config.seq_len}, {self.config.eval_examples} held-out windows")
+        return (
+            f"data text: {len(c.train):,} train / {len(c.val):,} held-out characters, {c.vocab.size} symbols; "
+            f"windows of {self.config.seq_len}, {self.config.eval_examples} held-out windows"
+        )
 
     def eval_result(self, total):
         result = super().eval_result(total)
@@ -336,13 +376,15 @@ class LanguageModelling(_Sequences):
 
     def train_batches(self, process_index, process_count):
         c = self.config
-        return self._batches(sequences.text_examples(self.corpus.train, c.seq_len, c.seed), process_index,
-                             process_count)
+        return self._batches(
+            sequences.text_examples(self.corpus.train, c.seq_len, c.seed), process_index, process_count
+        )
 
     def eval_batches(self, process_index, process_count):
         c = self.config
-        return self._eval(sequences.text_eval_records(self.corpus.val, c.seq_len, c.eval_examples), process_index,
-                          process_count)
+        return self._eval(
+            sequences.text_eval_records(self.corpus.val, c.seq_len, c.eval_examples), process_index, process_count
+        )
 
 
 class Recall(_Sequences):
@@ -355,16 +397,17 @@ class Recall(_Sequences):
 
     def describe(self) -> str:
         s = self.spec
-        return (f"data mqar: {s.num_pairs} pairs in sequences of {s.seq_len} over {s.vocab} ids, fresh examples "
-                f"each step, {self.config.eval_examples} held-out examples")
+        return (
+            f"data mqar: {s.num_pairs} pairs in sequences of {s.seq_len} over {s.vocab} ids, fresh examples "
+            f"each step, {self.config.eval_examples} held-out examples"
+        )
 
     def train_batches(self, process_index, process_count):
         return self._batches(sequences.mqar_examples(self.spec, self.config.seed), process_index, process_count)
 
     def eval_batches(self, process_index, process_count):
         c = self.config
-        return self._eval(sequences.mqar_eval_records(self.spec, c.seed, c.eval_examples), process_index,
-                          process_count)
+        return self._eval(sequences.mqar_eval_records(self.spec, c.seed, c.eval_examples), process_index, process_count)
 
 
 TASKS: dict[str, type[Task]] = {"classify": ImageClassification, "lm": LanguageModelling, "recall": Recall}
@@ -376,5 +419,16 @@ def make_task(config: Config, num_devices: int = 1) -> Task:
     return TASKS[task_of(config)](config, num_devices)
 
 
-__all__ = ["Task", "ImageClassification", "LanguageModelling", "Recall", "make_task", "CompiledLayer",
-           "compile_layers", "source_model", "resolve_layer", "causal_mixer", "cast_floats"]
+__all__ = [
+    "Task",
+    "ImageClassification",
+    "LanguageModelling",
+    "Recall",
+    "make_task",
+    "CompiledLayer",
+    "compile_layers",
+    "source_model",
+    "resolve_layer",
+    "causal_mixer",
+    "cast_floats",
+]

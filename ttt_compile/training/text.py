@@ -10,12 +10,13 @@ shipped file `assets/synthetic_stories.txt` byte for byte (Python's `random.Rand
 `random()` stream is stable across Python versions).  Every word of the lexicon below was written
 for this module; the grammar is not a sample of any existing text.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import random
+from collections.abc import Iterator
 from importlib import resources
-from typing import Iterator
 
 import numpy as np
 
@@ -24,27 +25,129 @@ DEFAULT_SEED = 0
 DEFAULT_SIZE = 300_000
 
 # --------------------------------------------------------------------------- lexicon
-NAMES = ("Ada", "Bram", "Cleo", "Dov", "Edda", "Finn", "Greta", "Hugo", "Ines", "Jory", "Kira", "Lars",
-         "Mira", "Nils", "Oona", "Pim", "Rhea", "Sven", "Tova", "Ugo", "Vera", "Wim", "Yara", "Zeno")
-PLACES = ("the mill", "the harbour", "the old bridge", "the orchard", "the market", "the lighthouse",
-          "the quarry", "the bakery", "the school", "the station", "the forest", "the river bank")
-NOUNS = (("fox", "foxes"), ("bird", "birds"), ("child", "children"), ("farmer", "farmers"),
-         ("sailor", "sailors"), ("dog", "dogs"), ("cat", "cats"), ("baker", "bakers"), ("horse", "horses"),
-         ("teacher", "teachers"), ("boat", "boats"), ("lamp", "lamps"), ("letter", "letters"),
-         ("key", "keys"), ("apple", "apples"), ("stone", "stones"), ("song", "songs"), ("map", "maps"),
-         ("cart", "carts"), ("bell", "bells"), ("storm", "storms"), ("door", "doors"), ("loaf", "loaves"))
+NAMES = (
+    "Ada",
+    "Bram",
+    "Cleo",
+    "Dov",
+    "Edda",
+    "Finn",
+    "Greta",
+    "Hugo",
+    "Ines",
+    "Jory",
+    "Kira",
+    "Lars",
+    "Mira",
+    "Nils",
+    "Oona",
+    "Pim",
+    "Rhea",
+    "Sven",
+    "Tova",
+    "Ugo",
+    "Vera",
+    "Wim",
+    "Yara",
+    "Zeno",
+)
+PLACES = (
+    "the mill",
+    "the harbour",
+    "the old bridge",
+    "the orchard",
+    "the market",
+    "the lighthouse",
+    "the quarry",
+    "the bakery",
+    "the school",
+    "the station",
+    "the forest",
+    "the river bank",
+)
+NOUNS = (
+    ("fox", "foxes"),
+    ("bird", "birds"),
+    ("child", "children"),
+    ("farmer", "farmers"),
+    ("sailor", "sailors"),
+    ("dog", "dogs"),
+    ("cat", "cats"),
+    ("baker", "bakers"),
+    ("horse", "horses"),
+    ("teacher", "teachers"),
+    ("boat", "boats"),
+    ("lamp", "lamps"),
+    ("letter", "letters"),
+    ("key", "keys"),
+    ("apple", "apples"),
+    ("stone", "stones"),
+    ("song", "songs"),
+    ("map", "maps"),
+    ("cart", "carts"),
+    ("bell", "bells"),
+    ("storm", "storms"),
+    ("door", "doors"),
+    ("loaf", "loaves"),
+)
 ANIMATE = {"fox", "bird", "child", "farmer", "sailor", "dog", "cat", "baker", "horse", "teacher"}
-ADJECTIVES = ("old", "small", "quiet", "bright", "tired", "clever", "green", "heavy", "young", "cold",
-              "patient", "red", "distant", "careful", "hungry", "wooden", "silver", "broken", "warm")
-VERBS_INTRANSITIVE = (("sleeps", "sleep", "slept"), ("waits", "wait", "waited"), ("sings", "sing", "sang"),
-                      ("laughs", "laugh", "laughed"), ("runs", "run", "ran"), ("listens", "listen", "listened"),
-                      ("returns", "return", "returned"), ("hides", "hide", "hid"), ("works", "work", "worked"))
-VERBS_TRANSITIVE = (("sees", "see", "saw"), ("finds", "find", "found"), ("carries", "carry", "carried"),
-                    ("follows", "follow", "followed"), ("mends", "mend", "mended"), ("opens", "open", "opened"),
-                    ("paints", "paint", "painted"), ("counts", "count", "counted"), ("keeps", "keep", "kept"),
-                    ("loses", "lose", "lost"), ("remembers", "remember", "remembered"))
-ADVERBS = ("slowly", "quickly", "again", "twice", "at dawn", "after supper", "in the rain", "without a word",
-           "before noon", "all evening")
+ADJECTIVES = (
+    "old",
+    "small",
+    "quiet",
+    "bright",
+    "tired",
+    "clever",
+    "green",
+    "heavy",
+    "young",
+    "cold",
+    "patient",
+    "red",
+    "distant",
+    "careful",
+    "hungry",
+    "wooden",
+    "silver",
+    "broken",
+    "warm",
+)
+VERBS_INTRANSITIVE = (
+    ("sleeps", "sleep", "slept"),
+    ("waits", "wait", "waited"),
+    ("sings", "sing", "sang"),
+    ("laughs", "laugh", "laughed"),
+    ("runs", "run", "ran"),
+    ("listens", "listen", "listened"),
+    ("returns", "return", "returned"),
+    ("hides", "hide", "hid"),
+    ("works", "work", "worked"),
+)
+VERBS_TRANSITIVE = (
+    ("sees", "see", "saw"),
+    ("finds", "find", "found"),
+    ("carries", "carry", "carried"),
+    ("follows", "follow", "followed"),
+    ("mends", "mend", "mended"),
+    ("opens", "open", "opened"),
+    ("paints", "paint", "painted"),
+    ("counts", "count", "counted"),
+    ("keeps", "keep", "kept"),
+    ("loses", "lose", "lost"),
+    ("remembers", "remember", "remembered"),
+)
+ADVERBS = (
+    "slowly",
+    "quickly",
+    "again",
+    "twice",
+    "at dawn",
+    "after supper",
+    "in the rain",
+    "without a word",
+    "before noon",
+    "all evening",
+)
 PREPOSITIONS = ("near", "behind", "under", "beside", "across", "beyond", "inside")
 SUBORDINATORS = ("because", "while", "when", "although", "until", "after")
 SAY = ("said", "whispered", "asked", "called", "answered")
@@ -118,7 +221,7 @@ class Grammar:
             speaker = self.pick(story.heroes)
             words = self.clause(story, tense=0)
             mark = "?" if self.chance(0.3) else "."
-            return f"\"{_capital(words)}{mark}\" {self.pick(SAY)} {speaker}."
+            return f'"{_capital(words)}{mark}" {self.pick(SAY)} {speaker}.'
         text = self.clause(story, tense=2)
         if self.chance(0.2):
             text += f", and {self.clause(story, tense=2)}"
@@ -127,8 +230,10 @@ class Grammar:
     def story(self, number: int) -> str:
         cast = tuple(self.r.sample(NAMES, 2 + int(self.chance(0.5))))
         story = Story(cast, self.pick(PLACES), self.pick(NOUNS))
-        opening = (f"{number}. {' and '.join(cast)} lived near {story.place}, where they kept "
-                   f"a {self.pick(ADJECTIVES)} {story.thing[0]}.")
+        opening = (
+            f"{number}. {' and '.join(cast)} lived near {story.place}, where they kept "
+            f"a {self.pick(ADJECTIVES)} {story.thing[0]}."
+        )
         body = [self.sentence(story) for _ in range(4 + int(self.r.random() * 6))]
         ending = f"In the end {self.pick(cast)} took the {story.thing[0]} back to {story.place}."
         return " ".join([opening, *body, ending])
@@ -162,7 +267,7 @@ class CharVocab:
     chars: str
 
     @classmethod
-    def of(cls, text: str) -> "CharVocab":
+    def of(cls, text: str) -> CharVocab:
         return cls("".join(sorted(set(text))))
 
     @property
@@ -201,7 +306,7 @@ def eval_windows(ids: np.ndarray, seq_len: int, limit: int | None = None) -> np.
     """Non-overlapping windows (m, seq_len + 1) covering the stream (the last partial one dropped)."""
     m = (len(ids) - 1) // seq_len
     m = m if limit is None else min(m, limit)
-    return np.stack([ids[i * seq_len: i * seq_len + seq_len + 1] for i in range(m)])
+    return np.stack([ids[i * seq_len : i * seq_len + seq_len + 1] for i in range(m)])
 
 
 __all__ = ["generate", "load", "CharVocab", "split", "windows", "eval_windows", "Grammar"]

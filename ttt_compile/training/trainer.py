@@ -19,6 +19,7 @@ Non-finite values stop the run with :class:`NonFiniteError` naming the step and 
 (embedding, ``blocks[i].attn`` / ``.mixer``, ``blocks[i].mlp``, head) whose outputs, or the last one
 whose gradients, are not finite.
 """
+
 from __future__ import annotations
 
 import json
@@ -50,8 +51,20 @@ from ttt_compile.training.tasks import Task, cast_floats, make_task
 
 #: Config fields a resumed run may change: they do not alter the computed trajectory (``mesh``: only
 #: the summation order of the reductions).
-RESUMABLE_CHANGES = ("steps", "epochs", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
-                     "data_threads", "data_workers", "eval_batch_size", "name", "async_checkpoints", "mesh")
+RESUMABLE_CHANGES = (
+    "steps",
+    "epochs",
+    "log_every",
+    "eval_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "data_threads",
+    "data_workers",
+    "eval_batch_size",
+    "name",
+    "async_checkpoints",
+    "mesh",
+)
 
 
 class NonFiniteError(FloatingPointError):
@@ -66,8 +79,13 @@ def _tree_finite(tree: PyTree) -> Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def make_train_step(task: Task, static: PyTree, optimizer: optax.GradientTransformation, mesh: Mesh,
-                    state_shardings: tuple[PyTree, PyTree]) -> Callable:
+def make_train_step(
+    task: Task,
+    static: PyTree,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+    state_shardings: tuple[PyTree, PyTree],
+) -> Callable:
     """``(params, opt_state, batch) -> (params, opt_state, metrics)`` jitted: the batch split over the
     mesh, ``params`` / ``opt_state`` with ``state_shardings`` in and out (donated), metrics replicated.
     Metrics: ``loss``, ``accuracy``, ``grad_norm``, ``finite`` (per stage, forward) and ``grad_finite``."""
@@ -81,14 +99,23 @@ def make_train_step(task: Task, static: PyTree, optimizer: optax.GradientTransfo
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
         grad_finite = jnp.stack([_tree_finite(t) for t in task.stage_trees(grads)])
-        metrics = {"loss": loss, "accuracy": aux["accuracy"], "grad_norm": optax.tree.norm(grads),
-                   "finite": aux["finite"], "grad_finite": grad_finite}
+        metrics = {
+            "loss": loss,
+            "accuracy": aux["accuracy"],
+            "grad_norm": optax.tree.norm(grads),
+            "finite": aux["finite"],
+            "grad_finite": grad_finite,
+        }
         return params, opt_state, metrics
 
     p_sh, o_sh = state_shardings
     repl = sharding.replicated(mesh)
-    return jax.jit(step, in_shardings=(p_sh, o_sh, sharding.batch_sharding(mesh)), out_shardings=(p_sh, o_sh, repl),
-                   donate_argnums=(0, 1))
+    return jax.jit(
+        step,
+        in_shardings=(p_sh, o_sh, sharding.batch_sharding(mesh)),
+        out_shardings=(p_sh, o_sh, repl),
+        donate_argnums=(0, 1),
+    )
 
 
 def make_eval_step(task: Task, static: PyTree, mesh: Mesh, param_shardings: PyTree) -> Callable:
@@ -98,8 +125,9 @@ def make_eval_step(task: Task, static: PyTree, mesh: Mesh, param_shardings: PyTr
     def step(params, batch):
         return task.eval_sums(eqx.combine(cast_floats(params, dtype), static), batch)
 
-    return jax.jit(step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
-                   out_shardings=sharding.replicated(mesh))
+    return jax.jit(
+        step, in_shardings=(param_shardings, sharding.batch_sharding(mesh)), out_shardings=sharding.replicated(mesh)
+    )
 
 
 def compiled_memory(compiled: Any, state: PyTree, batch: dict[str, Array]) -> dict[str, int]:
@@ -109,8 +137,13 @@ def compiled_memory(compiled: Any, state: PyTree, batch: dict[str, Array]) -> di
     analysis = compiled.memory_analysis()
     batch_bytes = sharding.bytes_per_device(batch)
     args = int(analysis.argument_size_in_bytes)
-    return {"argument_bytes": args, "temp_bytes": int(analysis.temp_size_in_bytes), "batch_bytes": batch_bytes,
-            "state_bytes": args - batch_bytes, "state_bytes_from_shards": sharding.bytes_per_device(state)}
+    return {
+        "argument_bytes": args,
+        "temp_bytes": int(analysis.temp_size_in_bytes),
+        "batch_bytes": batch_bytes,
+        "state_bytes": args - batch_bytes,
+        "state_bytes_from_shards": sharding.bytes_per_device(state),
+    }
 
 
 def check_finite(step: int, metrics: dict[str, Any], names: Sequence[str]) -> None:
@@ -124,15 +157,19 @@ def check_finite(step: int, metrics: dict[str, Any], names: Sequence[str]) -> No
     hint = "lower lr, set grad_clip, or use dtype='float32'"
     if not forward.all():
         where = names[int(np.argmin(forward))]
-        raise NonFiniteError(f"non-finite values at step {step}: loss {loss}; the first stage with "
-                             f"non-finite outputs is {where} ({hint})")
+        raise NonFiniteError(
+            f"non-finite values at step {step}: loss {loss}; the first stage with "
+            f"non-finite outputs is {where} ({hint})"
+        )
     if not math.isfinite(loss):
-        raise NonFiniteError(f"non-finite loss {loss} at step {step}; all activations are finite, so the "
-                             f"loss itself overflowed ({hint})")
+        raise NonFiniteError(
+            f"non-finite loss {loss} at step {step}; all activations are finite, so the loss itself overflowed ({hint})"
+        )
     if not backward.all():
         where = names[len(backward) - 1 - int(np.argmin(backward[::-1]))]
-        raise NonFiniteError(f"non-finite gradients at step {step}, starting in {where} "
-                             f"(loss {loss} is finite; {hint})")
+        raise NonFiniteError(
+            f"non-finite gradients at step {step}, starting in {where} (loss {loss} is finite; {hint})"
+        )
 
 
 def evaluate(task: Task, params: PyTree, eval_step: Callable, batches: Any, mesh: Mesh, threads: int) -> dict:
@@ -154,11 +191,18 @@ def evaluate(task: Task, params: PyTree, eval_step: Callable, batches: Any, mesh
 def check_resumable(saved: dict[str, Any], config: Config) -> None:
     """Refuse to resume with a config that would change the trajectory (the data set may move)."""
     now = config.to_dict()
-    changed = sorted(k for k in now if k not in RESUMABLE_CHANGES and saved.get(k) != now[k]
-                     and not (k == "data" and k in saved and data_spec(saved[k])[0] == data_spec(now[k])[0]))
+    changed = sorted(
+        k
+        for k in now
+        if k not in RESUMABLE_CHANGES
+        and saved.get(k) != now[k]
+        and not (k == "data" and k in saved and data_spec(saved[k])[0] == data_spec(now[k])[0])
+    )
     if changed:
-        raise ConfigError(f"--resume with a changed config ({', '.join(changed)} differ from the checkpoint): "
-                          "resume with the config that wrote it, or start a new --workdir")
+        raise ConfigError(
+            f"--resume with a changed config ({', '.join(changed)} differ from the checkpoint): "
+            "resume with the config that wrote it, or start a new --workdir"
+        )
 
 
 def _abstract(tree: PyTree, shardings: PyTree) -> PyTree:
@@ -166,9 +210,18 @@ def _abstract(tree: PyTree, shardings: PyTree) -> PyTree:
 
 
 @beartype
-def train(config: Config, *, data: str | None = None, workdir: str | os.PathLike | None = None,
-          steps: int | None = None, resume: bool = False, devices: Sequence[Any] | None = None,
-          verbose: bool = True, plots: bool = True, count_flops: bool = False) -> dict[str, Any]:
+def train(
+    config: Config,
+    *,
+    data: str | None = None,
+    workdir: str | os.PathLike | None = None,
+    steps: int | None = None,
+    resume: bool = False,
+    devices: Sequence[Any] | None = None,
+    verbose: bool = True,
+    plots: bool = True,
+    count_flops: bool = False,
+) -> dict[str, Any]:
     """Train ``config`` and return ``{"step", "test_loss", "test_accuracy", "test", "params", "workdir",
     "memory", "flops_per_step"}``.
 
@@ -191,15 +244,20 @@ def train(config: Config, *, data: str | None = None, workdir: str | os.PathLike
     total, warmup = plan_steps(config, task.train_size, steps)
     mesh = sharding.make_mesh(config.mesh, devices)
     say(f"config {config.name}:\n{format_config(config)}")
-    say(f"{task.describe()}; {total} steps (warmup {warmup}) on {len(devices)} device(s) [{devices[0].platform}], "
-        f"mesh {dict(mesh.shape)}, {jax.process_count()} process(es)")
+    say(
+        f"{task.describe()}; {total} steps (warmup {warmup}) on {len(devices)} device(s) [{devices[0].platform}], "
+        f"mesh {dict(mesh.shape)}, {jax.process_count()} process(es)"
+    )
 
-    checkpoints = Checkpoints(workdir / "checkpoints", keep=config.keep_checkpoints,
-                              asynchronous=config.async_checkpoints)
+    checkpoints = Checkpoints(
+        workdir / "checkpoints", keep=config.keep_checkpoints, asynchronous=config.async_checkpoints
+    )
     existing = checkpoints.steps()
     if existing and not resume:
-        raise ConfigError(f"{workdir} already has checkpoints (up to step {existing[-1]}): pass --resume to "
-                          "continue, or choose an empty --workdir")
+        raise ConfigError(
+            f"{workdir} already has checkpoints (up to step {existing[-1]}): pass --resume to "
+            "continue, or choose an empty --workdir"
+        )
 
     model = task.build(jax.random.PRNGKey(config.seed))
     params, static = eqx.partition(model, eqx.is_inexact_array)
@@ -211,15 +269,18 @@ def train(config: Config, *, data: str | None = None, workdir: str | os.PathLike
 
     start = 0
     if resume and existing:
+
         def check(meta: dict[str, Any]) -> None:
             check_resumable(meta.get("config", {}), config)
 
         restored = checkpoints.restore_latest(_abstract((params, opt_state), shardings), check=check, say=say)
         (params, opt_state), start = restored.state, restored.step
         if restored.meta.get("total_steps", total) != total:
-            say(f"note: the checkpoint belongs to a {restored.meta['total_steps']}-step run, resumed as a "
+            say(
+                f"note: the checkpoint belongs to a {restored.meta['total_steps']}-step run, resumed as a "
                 f"{total}-step run: the learning-rate schedule differs from here on (pass the same --steps to "
-                "continue exactly)")
+                "continue exactly)"
+            )
         dropped = checkpoints.delete_after(start)
         if dropped:
             say(f"deleted the unreadable checkpoint(s) of step(s) {', '.join(map(str, dropped))}")
@@ -241,8 +302,15 @@ def train(config: Config, *, data: str | None = None, workdir: str | os.PathLike
     last_eval: dict[str, Any] = {}
     if start >= total:
         last_eval = next((r for r in reversed(read_metrics(workdir / "metrics.jsonl")) if r["split"] == "test"), {})
-    bar = tqdm(total=total, initial=start, desc=config.name, unit="step", dynamic_ncols=True,
-               disable=not (verbose and lead), smoothing=0.1)
+    bar = tqdm(
+        total=total,
+        initial=start,
+        desc=config.name,
+        unit="step",
+        dynamic_ncols=True,
+        disable=not (verbose and lead),
+        smoothing=0.1,
+    )
     window, window_start, window_step = [], time.perf_counter(), start
     pending: tuple[int, dict[str, Array]] | None = None
     batches = data_lib.iterate(train_data, start, total, threads=config.data_threads, workers=config.data_workers)
@@ -259,8 +327,10 @@ def train(config: Config, *, data: str | None = None, workdir: str | os.PathLike
                     say(f"FLOPs per training step: {flops:.4g}")
                 train_step = train_step.lower(params, opt_state, batch).compile()
                 memory = compiled_memory(train_step, (params, opt_state), batch)
-                say(f"per-device memory: parameters + optimiser state {memory['state_bytes']:,} B, "
-                    f"step temporaries {memory['temp_bytes']:,} B")
+                say(
+                    f"per-device memory: parameters + optimiser state {memory['state_bytes']:,} B, "
+                    f"step temporaries {memory['temp_bytes']:,} B"
+                )
             params, opt_state, metrics = train_step(params, opt_state, batch)
             if pending is not None:  # checked one step late, so the device is never idle waiting for it
                 check_finite(pending[0], sharding.to_host(pending[1]), names)
@@ -274,8 +344,16 @@ def train(config: Config, *, data: str | None = None, workdir: str | os.PathLike
                 record = {k: float(np.mean([v[k] for v in host])) for k in ("loss", "accuracy", "grad_norm")}
                 elapsed = time.perf_counter() - window_start
                 rate = (step - window_step) * config.batch_size / elapsed
-                log.write({"split": "train", "step": step, **record, "lr": float(schedule(step - 1)),
-                           rate_key: rate, "elapsed_s": time.perf_counter() - t_run})
+                log.write(
+                    {
+                        "split": "train",
+                        "step": step,
+                        **record,
+                        "lr": float(schedule(step - 1)),
+                        rate_key: rate,
+                        "elapsed_s": time.perf_counter() - t_run,
+                    }
+                )
                 bar.set_postfix(loss=f"{record['loss']:.4f}", rate=f"{rate:.0f}/s")
                 window, window_start, window_step = [], time.perf_counter(), step
             if step % config.eval_every == 0 or boundary:
@@ -287,8 +365,9 @@ def train(config: Config, *, data: str | None = None, workdir: str | os.PathLike
                 window_start = time.perf_counter()  # evaluation is not training throughput
             if step % config.checkpoint_every == 0 or boundary:
                 check_finite(step, sharding.to_host(metrics), names)
-                checkpoints.save(step, (params, opt_state),
-                                 {"config": config.to_dict(), "data": config.data, "total_steps": total})
+                checkpoints.save(
+                    step, (params, opt_state), {"config": config.to_dict(), "data": config.data, "total_steps": total}
+                )
                 window_start = time.perf_counter()  # nor is writing a checkpoint
         checkpoints.wait()
     finally:
@@ -300,6 +379,14 @@ def train(config: Config, *, data: str | None = None, workdir: str | os.PathLike
             say(f"wrote {path}")
     accuracy = last_eval.get("accuracy", float("nan"))
     say(f"test accuracy: {accuracy:.4f}")
-    return {"step": total, "test_loss": last_eval.get("loss", float("nan")), "test_accuracy": accuracy,
-            "test": last_eval, "params": sum(x.size for x in jax.tree_util.tree_leaves(params)), "memory": memory,
-            "flops_per_step": flops, "workdir": str(workdir), "model": eqx.combine(params, static)}
+    return {
+        "step": total,
+        "test_loss": last_eval.get("loss", float("nan")),
+        "test_accuracy": accuracy,
+        "test": last_eval,
+        "params": sum(x.size for x in jax.tree_util.tree_leaves(params)),
+        "memory": memory,
+        "flops_per_step": flops,
+        "workdir": str(workdir),
+        "model": eqx.combine(params, static),
+    }
