@@ -330,13 +330,22 @@ def validate(config: Config, *, num_devices: int = 1, image_size: int | None = N
             f"use one of {', '.join(SEQUENCE_LAYERS)}",
         )
     if task_of(c) == "recall":
-        from ttt_compile.training.mqar import MQARSpec
-
-        try:
-            MQARSpec(c.seq_len, c.num_pairs, c.vocab)
-        except ValueError as e:
-            raise ConfigError(f"{e}: change seq_len, num_pairs or vocab") from None
+        problem = mqar_shape_problem(c.seq_len, c.num_pairs, c.vocab)
+        _require(problem is None, f"MQAR: {problem}: change seq_len, num_pairs or vocab")
     return config
+
+
+def mqar_shape_problem(seq_len: int, num_pairs: int, vocab: int) -> str | None:
+    """Why an MQAR task of length L = seq_len with N = num_pairs pairs over V = vocab ids cannot be
+    generated (None if it can): it needs N >= 1, V >= 4, L >= 4N (2N context tokens plus N queried
+    key/value pairs) and N distinct keys among ids 1..V//2-1."""
+    if num_pairs < 1 or vocab < 4:
+        return f"need num_pairs >= 1 and vocab >= 4, got num_pairs={num_pairs}, vocab={vocab}"
+    if seq_len < 4 * num_pairs:
+        return f"seq_len={seq_len} < 4 * num_pairs={4 * num_pairs} (2N context tokens plus N key/value query pairs)"
+    if num_pairs > vocab // 2 - 1:
+        return f"num_pairs={num_pairs} distinct keys need vocab >= {2 * (num_pairs + 1)}, got vocab={vocab}"
+    return None
 
 
 #: The layers a causal LM can use (each made causal: see ttt_compile.training.tasks.causal_mixer).

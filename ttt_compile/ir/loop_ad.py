@@ -13,7 +13,7 @@ meaning of each derived loop stated in its `role` parameter:
     transpose  the transpose of a tangent loop: the same steps in the opposite order (`reverse`),
                carrying cotangents  dL/dcarry_t  and accumulating the consts' cotangents
 
-Rules:  JVP (`ad.primitive_jvps`): the body's JVP with symbolic-zero tangents pruned and carry
+Rules (registered with the primitive's other rules in `primitive`):  JVP (`ad.primitive_jvps`): the body's JVP with symbolic-zero tangents pruned and carry
 tangents instantiated to a fixpoint.  Partial evaluation (`pe.custom_partial_eval_rules`, used by
 `jax.linearize` / `jax.vjp` / `jax.grad`): a fixpoint over unknown carries; loop-invariant residuals
 are hoisted (JAX's `_scan_known_hoisting`), the rest become per-step outputs of the forward loop.
@@ -34,7 +34,7 @@ from jax._src.lax.control_flow import loops as jax_loops
 from jax.extend.core import ClosedJaxpr
 
 from .interpreter import trace_avals
-from .primitive import info, ttt_loop_p
+from .loop_def import info, ttt_loop_p
 
 _scan_p = jax_loops.scan_p
 
@@ -70,7 +70,7 @@ def _derived(
 
 
 # --------------------------------------------------------------------------- JVP
-def _jvp(primals, tangents, **params):
+def jvp(primals, tangents, **params):
     li = info(params)
     nc, nk = li.num_consts, li.num_carry
     num_xs = len(primals) - nc - nk
@@ -116,7 +116,7 @@ def _jvp(primals, tangents, **params):
 
 
 # --------------------------------------------------------------------------- partial evaluation
-def _partial_eval(trace, *tracers, **params):
+def partial_eval(trace, *tracers, **params):
     li = info(params)
     nc, nk = li.num_consts, li.num_carry
     num_ys = len(li.body.out_avals) - nk
@@ -201,7 +201,7 @@ def _merge(which, a, b):
 
 
 # --------------------------------------------------------------------------- transpose
-def _transpose(cts, *args, **params):
+def transpose(cts, *args, **params):
     """The loop is linear in its carry and in the consts / xs given as UndefinedPrimal; the other
     consts / xs are residuals.  The transpose runs the steps backwards, carrying the carry's cotangent
     and the running sum of the linear consts' cotangents, and emitting the linear xs' cotangents."""
@@ -302,7 +302,7 @@ def _as_loop(scan_eqn, params: dict, role: str):
     )
 
 
-def _partial_eval_custom(saveable, unks_in, inst_in, eqn):
+def partial_eval_custom(saveable, unks_in, inst_in, eqn):
     """jax.checkpoint's partial evaluation: JAX's scan rule on the equivalent scan, whose known loop
     (inside a closed_call) and staged loop are turned back into `ttt_loop`s.  The derived loops claim
     no fast weights (their carries are subsets of the original's in an order the rule chooses)."""
@@ -322,9 +322,3 @@ def _partial_eval_custom(saveable, unks_in, inst_in, eqn):
     if staged is not None and staged.primitive is _scan_p:
         staged = _as_loop(staged, eqn.params, "tangent" if li.role == "jvp" else li.role)
     return known, staged, unks_out, inst_out, new_vars
-
-
-ad.primitive_jvps[ttt_loop_p] = _jvp
-pe.custom_partial_eval_rules[ttt_loop_p] = _partial_eval
-ad.primitive_transposes[ttt_loop_p] = _transpose
-pe.partial_eval_jaxpr_custom_rules[ttt_loop_p] = _partial_eval_custom

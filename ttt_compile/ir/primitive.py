@@ -20,49 +20,25 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax._src.interpreters import batching
-from jax.extend.core import ClosedJaxpr, Primitive, jaxpr_as_fun
+from jax._src.interpreters import ad, batching
+from jax.extend.core import ClosedJaxpr, jaxpr_as_fun
 from jax.interpreters import mlir
 from jax.interpreters import partial_eval as pe
 
+from . import loop_ad
 from .jaxpr_utils import dce, hoist_consts
 
-ttt_loop_p = Primitive("ttt_loop")
-ttt_loop_p.multiple_results = True
-
-REMAT_SCHEMES = (None, "step", "sqrt", "log")
-
-
-@dataclasses.dataclass(frozen=True)
-class LoopInfo:
-    """The static meaning of one `ttt_loop` equation, parsed from its params."""
-
-    body: ClosedJaxpr
-    steps: int
-    schedule: str
-    init: str
-    num_consts: int
-    num_carry: int
-    num_weights: int
-    remat: str | None
-    reverse: bool = False  # run the steps t = T-1, ..., 0 (a transposed loop)
-    role: str = "inner"  # "inner" (a layer's loop) or what AD derived it as (see loop_ad)
-
-    def split(self, args):
-        c, k = self.num_consts, self.num_consts + self.num_carry
-        return list(args[:c]), list(args[c:k]), list(args[k:])
-
-
-def info(params: dict) -> LoopInfo:
-    return LoopInfo(**{f.name: params[f.name] for f in dataclasses.fields(LoopInfo) if f.name in params})
-
+# the primitive and its parameters live in loop_def; imported from here as well (the public path)
+from .loop_def import REMAT_SCHEMES as REMAT_SCHEMES
+from .loop_def import LoopInfo as LoopInfo
+from .loop_def import info as info
+from .loop_def import ttt_loop_p as ttt_loop_p
 
 _EMIT = contextvars.ContextVar("ttt_compile_emit", default=False)
 
@@ -175,11 +151,17 @@ def _dce(used_outputs: list[bool], eqn):
     return used_in, eqn.replace(invars=invars, outvars=outvars, params=params)
 
 
+# Every rule of ttt_loop is registered here, in one place (as jax/_src/lax/control_flow/loops.py
+# does for scan_p): evaluation, abstract evaluation, batching, DCE, lowering, and AD from `loop_ad`.
 ttt_loop_p.def_impl(_impl)
 ttt_loop_p.def_abstract_eval(_abstract_eval)
 batching.fancy_primitive_batchers[ttt_loop_p] = _batch
 pe.dce_rules[ttt_loop_p] = _dce
 mlir.register_lowering(ttt_loop_p, mlir.lower_fun(_impl, multiple_results=True))
+ad.primitive_jvps[ttt_loop_p] = loop_ad.jvp
+pe.custom_partial_eval_rules[ttt_loop_p] = loop_ad.partial_eval
+ad.primitive_transposes[ttt_loop_p] = loop_ad.transpose
+pe.partial_eval_jaxpr_custom_rules[ttt_loop_p] = loop_ad.partial_eval_custom
 
 
 # --------------------------------------------------------------------------- the user-facing helper
@@ -266,6 +248,3 @@ def loop_nesting(jaxpr) -> str:
         return out
 
     return ", ".join(walk(jaxpr))
-
-
-from . import loop_ad  # noqa: E402,F401  (registers ttt_loop's AD rules; it imports this module)

@@ -19,6 +19,8 @@ import dataclasses
 
 import numpy as np
 
+from ttt_compile.configs import mqar_shape_problem
+
 
 @dataclasses.dataclass(frozen=True)
 class MQARSpec:
@@ -29,18 +31,9 @@ class MQARSpec:
     vocab: int = 64
 
     def __post_init__(self):
-        if self.num_pairs < 1 or self.vocab < 4:
-            raise ValueError(f"MQARSpec: need num_pairs >= 1 and vocab >= 4, got {self}")
-        if self.seq_len < 4 * self.num_pairs:
-            raise ValueError(
-                f"MQARSpec: seq_len={self.seq_len} < 4 * num_pairs={4 * self.num_pairs} "
-                "(2N context tokens plus N key/value query pairs)"
-            )
-        if self.num_pairs > self.vocab // 2 - 1:
-            raise ValueError(
-                f"MQARSpec: num_pairs={self.num_pairs} distinct keys need vocab >= "
-                f"{2 * (self.num_pairs + 1)}, got vocab={self.vocab}"
-            )
+        problem = mqar_shape_problem(self.seq_len, self.num_pairs, self.vocab)
+        if problem:
+            raise ValueError(f"MQARSpec: {problem}")
 
 
 def example(rng: np.random.Generator, spec: MQARSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
