@@ -1,10 +1,6 @@
 """Learned inner step sizes (tc.Inner(eta="per_head" | "per_token")): their meaning, and every pass keeps
 it (values and outer gradients in float64, each pass alone and the default pipeline)."""
 
-import os
-import subprocess
-import sys
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -71,42 +67,12 @@ def _cases():
     return out
 
 
-ISOLATED = os.environ.get("TTT_COMPILE_ISOLATED") == "1"
-
-
-def test_learned_step_size_cases_in_a_fresh_process(request):
-    """The cases below run in a child process.  In the full suite (after ~200 tests in one process) XLA's
-    CPU compiler segfaulted twice inside one of them (backend_compile_and_load); alone they pass.  Until
-    that crash is understood they run isolated, so a native crash cannot take the suite down with it."""
-    if ISOLATED:
-        pytest.skip("this is the child")
-    markexpr = request.config.option.markexpr or "not slow"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-X",
-            "faulthandler",
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "-m",
-            markexpr,
-            __file__,
-            "-k",
-            "test_every_pass_keeps_a_learned_step_size",
-        ],
-        env={**os.environ, "TTT_COMPILE_ISOLATED": "1"},
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-4000:]  # 5 would be "no tests ran"
-
-
-@pytest.mark.skipif(not ISOLATED, reason="run in a fresh process by test_learned_step_size_cases_in_a_fresh_process")
 @pytest.mark.parametrize("preset,eta,batching,passes", _cases())
 def test_every_pass_keeps_a_learned_step_size(preset, eta, batching, passes):
+    """Every pass keeps a learned step size (values and gradients, float64).  These cases once ran in a
+    child process after XLA's CPU compiler segfaulted in them late in the suite; the cause was the
+    process's JIT code mappings reaching vm.max_map_count (conftest.py now drops compiled programs after
+    every module), and under pytest-xdist a native crash costs one worker, not the run."""
     with jax.enable_x64(True):
         layer = build(preset, eta, batching, jnp.float64)
         x = jax.random.normal(jax.random.fold_in(KEY, 2), (8, 8), jnp.float64)
