@@ -4,6 +4,7 @@ model's outer parameters, so an optax outer loop trains it)."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -13,7 +14,7 @@ import jax
 from jax.extend.core import ClosedJaxpr, jaxpr_as_fun
 
 from . import passes as P
-from . import program_diff
+from . import planner, program_diff
 from .cost import Cost, measure
 from .cost import by_level as cost_by_level
 from .ir.jaxpr_utils import count_eqns
@@ -206,15 +207,25 @@ def compile(
 
     `inner_dtype` ("float32" | "bfloat16" | "mixed"), optional, overrides `Inner.dtype` of every TTT
     layer in the model for this program (same parameters; the outputs keep the input's dtype).
-    `remat_budget` (bytes of compiled training-step temp memory) sets the `remat` pass's budget: each
-    inner loop gets the least-recompute storage scheme whose measured program fits (passes.remat)."""
+    `remat_budget` (bytes of compiled training-step temp memory) plans memory (ttt_compile.planner):
+    the token chunk of every full/SGD loop that leaves `Inner.token_chunk` unset, and through the `remat`
+    pass each inner loop's storage scheme, the least costly measured plan that fits; the first stage's
+    notes list every candidate measured."""
     if not callable(model):
         raise SpecError(f"tc.compile: model must be callable (an eqx.Module), got {type(model).__name__}")
     if inner_dtype is not None:
         model = with_inner_dtype(model, inner_dtype)
     pipeline = resolve(passes)
-    if remat_budget is not None:
-        pipeline = with_remat_budget(pipeline, remat_budget)
+    if remat_budget is None:
+        return _compile(model, args, pipeline)
+    pipeline = with_remat_budget(pipeline, remat_budget)
+    _, out, report = planner.plan(model, args, remat_budget, lambda m, *a: _compile(m, a, pipeline))
+    name, closed, notes = out.pipeline[0]
+    return dataclasses.replace(out, pipeline=((name, closed, (*report, *notes)), *out.pipeline[1:]))
+
+
+def _compile(model, args: tuple, pipeline: list[tuple[str, Callable]]) -> Compiled:
+    """Trace `model(*args)` and run `pipeline` on it (tc.compile without its options)."""
     closed, params, a_tree, out_tree = trace(model, *args)
     stages = [("trace", closed, ())]
     order = P.check_order([name for name, _ in pipeline])

@@ -48,7 +48,11 @@ class Config:
     ``mlp_dim`` may be overridden; ``patch`` (1 = raw pixels as tokens); ``posemb``; the attention
     layer ``layer`` (a preset of ``ttt_compile.models.layers`` or ``"module:attr"`` naming a factory
     ``f(dim=, heads=, key=, **layer_options)``) and the compiler ``passes`` (``None``: run the layer
-    uncompiled, its reference semantics).
+    uncompiled, its reference semantics).  ``remat_budget`` plans each compiled layer's memory
+    (``tc.compile(..., remat_budget=)``: token chunk and remat schemes, measured): bytes of one layer's
+    training-step temp memory per sequence, or ``"auto"``: half of one device's memory shared by the
+    ``depth`` layers of the sequences one device holds (``batch_size`` / devices), i.e.
+    ``0.5 * device_memory / (depth * batch_size / devices)``; ``None``: no plan.
 
     Optimisation: AdamW with ``weight_decay`` decoupled as in Beyer et al. (2022):
     ``w <- w - lr_t (adam_t + (weight_decay / lr) w)``, i.e. the decay follows the schedule's shape
@@ -90,6 +94,7 @@ class Config:
     layer: str = "self_attention"
     layer_options: Mapping[str, Any] = field(default_factory=dict)
     passes: str | tuple[str, ...] | None = "default"
+    remat_budget: int | str | None = None
     # optimisation
     batch_size: int = 64
     eval_batch_size: int = 256
@@ -318,6 +323,15 @@ def validate(config: Config, *, num_devices: int = 1, image_size: int | None = N
             f"{k}={v} is not divisible by the {num_devices} devices: use a multiple of {num_devices}",
         )
     mesh_shape(c.mesh, num_devices)
+    _require(
+        c.remat_budget in (None, "auto")
+        or (isinstance(c.remat_budget, int) and not isinstance(c.remat_budget, bool) and c.remat_budget > 0),
+        f"remat_budget={c.remat_budget!r} must be None, 'auto' or a positive number of bytes",
+    )
+    _require(
+        c.remat_budget is None or c.passes is not None,
+        "remat_budget plans compiled layers, but passes=None runs them uncompiled: set passes or drop remat_budget",
+    )
     if task_of(c) != "classify":
         chunk = c.layer_options.get("chunk") if isinstance(c.layer_options, Mapping) else None
         _require(

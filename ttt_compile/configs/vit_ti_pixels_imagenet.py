@@ -8,6 +8,8 @@ table: the linear-complexity layers (linear_attention, mttt_linear, mttt_mlp) do
 
 Each image carries 50176 x 192 activations per block, so batch 1024 needs many accelerators;
 on fewer, lower ``batch_size`` (and ``lr`` in proportion) in a copy of this file.
+``remat_budget="auto"``: the compiler chooses each layer's token chunk and remat schemes so that the
+layers' training-step memory fits half of the device's memory (no chunk size to tune by hand).
 
     ttt-compile train vit_ti_pixels_imagenet --data imagenet:/data/imagenet
 """
@@ -32,6 +34,7 @@ def get_config() -> Config:
         layer="mttt_mlp",
         layer_options={"steps": 1, "batching": "full"},
         passes="default",
+        remat_budget="auto",  # the compiler plans each layer's memory (token chunk, remat) for the device
         batch_size=1024,
         eval_batch_size=1024,
         epochs=90,

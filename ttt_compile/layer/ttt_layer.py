@@ -17,8 +17,9 @@ one `ttt_loop` per layer for the passes to rewrite.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import equinox as eqx
@@ -42,6 +43,20 @@ from .inner_steps import (
 from .learners import NonParametric
 from .outer_maps import Decoder, Output, Project, StepSize, decode
 from .spec import Inner, Reconstruction, SpecError
+
+_LENGTHS: list[list[tuple[int, int]]] = []  # open `recording_lengths` recorders, innermost last
+
+
+@contextlib.contextmanager
+def recording_lengths() -> Iterator[list[tuple[int, int]]]:
+    """Record (n, b) of every full/SGD loop traced inside: its sequence length n and the b tokens of each
+    inner step (b = n for "full", n/T for "sgd"); the memory planner draws its token chunks from them."""
+    seen: list[tuple[int, int]] = []
+    _LENGTHS.append(seen)
+    try:
+        yield seen
+    finally:
+        _LENGTHS.remove(seen)
 
 
 # --------------------------------------------------------------------------- the learner's arrays
@@ -390,6 +405,8 @@ class TTTLayer(eqx.Module):
         """Inner.token_chunk, checked against n and the n/T tokens of an SGD step."""
         c = self.inner.token_chunk
         _, b = self.inner.blocks(n)
+        for seen in _LENGTHS:
+            seen.append((n, b))
         if c is not None and (n % c or (b > c and b % c)):
             raise SpecError(
                 f"Inner.token_chunk={c} must divide the sequence length n={n}"

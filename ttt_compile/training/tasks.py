@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import math
+import os
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -120,6 +121,25 @@ class CompiledLayer(eqx.Module):
         return fn if callable(fn) else None
 
 
+def device_memory_bytes(device=None) -> int:
+    """One device's memory: the allocator's limit where the device reports one (GPU/TPU), else the
+    host's physical memory (CPU)."""
+    device = device or jax.devices()[0]
+    stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def remat_budget(config: Config, depth: int, num_devices: int | None = None) -> int | None:
+    """The per-layer, per-sequence budget `tc.compile` plans with: ``config.remat_budget`` bytes, or for
+    "auto" ``0.5 * device memory / (depth * sequences per device)``."""
+    if config.remat_budget != "auto":
+        return config.remat_budget
+    per_device = max(1, config.batch_size // (num_devices or jax.device_count()))
+    return int(0.5 * device_memory_bytes() / (max(depth, 1) * per_device))
+
+
 def compile_layers(
     model: eqx.Module, where: Callable[[Any], list[eqx.Module]], n_tokens: int, width: int, config: Config
 ) -> eqx.Module:
@@ -134,9 +154,11 @@ def compile_layers(
     dtype = jnp.dtype(config.dtype)
     example = np.random.default_rng(0).standard_normal((n_tokens, width)).astype(dtype)
     compiled = []
-    for layer in where(model):
+    layers_ = where(model)
+    budget = remat_budget(config, len(layers_))
+    for layer in layers_:
         params, source = eqx.partition(cast_floats(layer, dtype), eqx.is_inexact_array)
-        program = tc.compile(eqx.combine(params, source), example, passes=passes)
+        program = tc.compile(eqx.combine(params, source), example, passes=passes, remat_budget=budget)
         compiled.append(CompiledLayer(cast_floats(program, jnp.float32), source))
     return eqx.tree_at(where, model, compiled)
 
@@ -427,6 +449,7 @@ __all__ = [
     "make_task",
     "CompiledLayer",
     "compile_layers",
+    "remat_budget",
     "source_model",
     "resolve_layer",
     "causal_mixer",
