@@ -41,15 +41,16 @@ def test_budget_picks_least_recompute_that_fits_and_keeps_values_and_grads():
         (mem,) = candidate_memory(trace(layer, x)[0])
         assert set(mem) == {None, "step"}  # T = 2: sqrt/log nest nothing
         assert mem["step"] < mem[None]
+        # the remat pass alone (tc.compile's remat_budget also plans token chunks: tests/test_planner.py)
         for budget, expected in [(mem[None], None), (mem["step"], "step")]:
-            prog = tc.compile(layer, x, remat_budget=budget)
+            prog = tc.compile(layer, x, passes=[("remat", {"budget": budget}), *DEFAULT[1:]])
             chosen, notes = _remat_stage(prog)
             assert chosen == expected
             assert f"chose {expected or 'none'}" in notes[0] and "none" in notes[0] and "step" in notes[0]
         v = np_eval.compare(layer, prog, x)  # the rematerialised program
         assert v.ok(1e-10), v
         with pytest.raises(tc.SpecError, match="below the least training-step temp memory"):
-            tc.compile(layer, x, remat_budget=min(mem.values()) - 1)
+            tc.compile(layer, x, passes=[("remat", {"budget": min(mem.values()) - 1}), *DEFAULT[1:]])
 
 
 @pytest.mark.parametrize("steps, factor, expected", [(4, 2.0, "step"), (2, 2.0, None), (4, 100.0, None)])
