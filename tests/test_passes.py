@@ -1,6 +1,8 @@
 """Each pass: the exact rewrite on a tiny jaxpr, its 'did not apply' note, and translation
 validation (values and outer gradients) of every pass and pipeline over random layer specs."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,7 @@ from hypothesis import strategies as st
 import ttt_compile as tc
 from ttt_compile import passes as P
 from ttt_compile.ir.primitive import contains_loop, ttt_loop_p
+from ttt_compile.layer.spec import SpecError
 from ttt_compile.models import layers
 
 KEY = jax.random.PRNGKey(0)
@@ -77,6 +80,22 @@ def test_fold_zero_init_peels_the_first_step_of_a_zero_init_loop():
     _, notes = run(P.fold_zero_init, toy_loop(3, init="learned")[0])
     # the toy still starts from a jnp.zeros literal: folded as a known zero, and said so
     assert notes and "folded" in notes[0]
+
+
+def test_fold_zero_init_keeps_a_loop_longer_than_max_peel_steps_whole():
+    """Past max_peel_steps the loop is not peeled (its xs are not sliced): same steps, still init='zero'."""
+    closed, args = toy_loop(4, schedule="online")
+    out, notes = run(functools.partial(P.fold_zero_init, max_peel_steps=3), closed)
+    (eqn,) = [e for e in out.jaxpr.eqns if e.primitive is ttt_loop_p]
+    assert (eqn.params["steps"], eqn.params["init"]) == (4, "zero")
+    assert any("kept whole (T=4 > max_peel_steps=3)" in n for n in notes), notes
+    agree(closed, out, *args)
+    peeled, _ = run(functools.partial(P.fold_zero_init, max_peel_steps=4), closed)
+    (eqn,) = [e for e in peeled.jaxpr.eqns if e.primitive is ttt_loop_p]
+    assert eqn.params["steps"] == 3
+    agree(closed, peeled, *args)
+    with pytest.raises(SpecError, match="max_peel_steps=0 must be >= 1"):
+        P.fold_zero_init(closed, max_peel_steps=0)
 
 
 def test_fold_zero_init_does_not_apply_without_zeros():

@@ -233,8 +233,10 @@ def linear_decoder_terms(G: Float[Array, "d dh"], c, x: Float[Array, "n d"]) -> 
         e_i = d/dz 1/2 ||G z + c - x_i||^2 = G^T (G z + c - x_i) = M z - v_i,
 
     per token 2 d_h^2 multiply-adds on top of v (which costs what linear attention's values cost),
-    instead of a decode and its transpose (4 d d_h)."""
-    return G.T @ G, (x if c is None else x - c) @ G
+    instead of a decode and its transpose (4 d d_h).  v is formed as x G - c G: its backward then reads
+    the input x (dG = x^T dv - c (1^T dv)) rather than keeping x - c, an (n, d) residual, alive."""
+    v = x @ G
+    return G.T @ G, v if c is None else v - c @ G
 
 
 def decoder_error(G, ln, c, d: dict):
