@@ -1,4 +1,8 @@
-"""The pass-comparison benchmark suite (`ttt-compile bench`): FLOPs, wall-clock time and compiled
-memory of every layer preset under each pass pipeline, across sequence lengths.
+"""The benchmarks (`ttt-compile bench`, `python -m ttt_compile.benchmarks.<name>`): FLOPs, wall-clock time
+and compiled memory of the layers under each pass pipeline, and the paper's comparisons.
 
-`suite.main(argv)` runs it; `timing` holds the interleaved timer; `plots` draws the figures."""
+Every benchmark uses one harness: `harness` compiles a function and reads its figures (FLOPs with loop
+trip counts, XLA's memory analysis) and writes results (JSON + markdown); `timing` times functions in
+interleaved rounds.  `suite` (+ `suite_measure`, `suite_report`, `plots`) is the pass-comparison
+suite; `device` (+ `device_jobs`, `device_report`) the accelerator benchmark; `tables` the results
+tables."""

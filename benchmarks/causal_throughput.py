@@ -41,7 +41,7 @@ from ttt_compile.models import layers
 from ttt_compile.models.causal import causal_linear_attention
 
 from . import timing
-from .report import write_results
+from .harness import write_results
 
 DIM, HEADS, ETA = 256, 4, 0.01
 BASELINE = "causal linear attention, scan, chunk 64"

@@ -33,6 +33,11 @@ error and the run goes on. Device, driver and library versions are recorded with
 ``results.json`` and ``results.md`` in ``--out``. ``--tiny`` shrinks every model and sequence to
 exercise the same code paths on a CPU within a 170 s budget (its figures say nothing about an
 accelerator; on a loaded 2-core machine its compiles need more: ``--budget``).
+
+Modules: this one plans the run, runs each measurement in a child process
+(``python -m ttt_compile.benchmarks.device --job SPEC``) and writes the results; `device_jobs`
+holds what the child runs (the layers, sizes and peaks, `JOBS`, `run_job`); `device_report`
+renders results.md.
 """
 
 from __future__ import annotations
@@ -41,29 +46,32 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-# Dense (no sparsity) bfloat16 matrix throughput in TFLOP/s from the vendors' data sheets, matched
-# as a substring of `jax.devices()[0].device_kind`, first match wins (specific names first).
-PEAK_BF16: tuple[tuple[str, float], ...] = (
-    ("GH200", 989.0),
-    ("H200", 989.0),
-    ("H100 NVL", 835.0),
-    ("H100 PCIe", 756.0),
-    ("H100", 989.0),
-    ("A100", 312.0),
-    ("L40S", 362.0),
-    ("L4", 121.0),
-    ("TPU v6 lite", 918.0),
-    ("TPU v5 lite", 197.0),
-    ("TPU v5", 459.0),
-    ("TPU v4", 275.0),
+from .device_jobs import (  # noqa: F401  (device.X as before the split: what the child runs)
+    CAUSAL,
+    JOBS,
+    PEAK_BF16,
+    PIXEL_LAYERS,
+    SIZES,
+    VIT_LAYERS,
+    build_vit,
+    causal_layer,
+    job_causal,
+    job_info,
+    job_vit,
+    peak_tflops,
+    run_job,
+    throughput,
+    vit_step,
 )
+from .device_report import markdown
+from .harness import write_results
+
 # --tiny is a smoke run of the code paths: its child processes ask XLA for few optimisations, which
 # halves the compile times that dominate it on a CPU (recorded in results.json as "child_env").
 CHILD_ENV = {"full": {}, "tiny": {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}}
@@ -74,347 +82,8 @@ LIMITS = {
     "tiny": {"info": 30, "vit": 90, "pixels": 90, "causal": 60},
 }
 
-VIT_LAYERS: dict[str, tuple[str, dict]] = {  # row name -> (preset, options)
-    "linear attention": ("linear_attention", {}),
-    "MTTT-Linear": ("mttt_linear", {}),
-    "MTTT-MLP T=1": ("mttt_mlp", {"steps": 1}),
-    "MTTT-MLP SGD T=4": ("mttt_mlp", {"steps": 4, "batching": "sgd"}),
-    "self-attention": ("self_attention", {}),
-}
-PIXEL_LAYERS = ("MTTT-Linear", "MTTT-MLP T=1")
-CAUSAL: dict[str, dict] = {  # row name -> layer
-    "MTTT-Linear chunk 16 (dual form)": {"kind": "mttt_linear", "chunk": 16},
-    "MTTT-Linear chunk 64 (dual form)": {"kind": "mttt_linear", "chunk": 64},
-    "chunked causal linear attention (chunk 64)": {"kind": "causal_linear_attention", "chunk": 64},
-}
 
-SIZES = {  # the models of each part at full size and --tiny
-    "full": {
-        "vit": dict(variant="S", image=224, patch=16, classes=1000, batch=128, dims={}),
-        "pixels": dict(variant="Ti", image=224, patch=1, classes=1000, batch=1, dims={}),
-        "causal": dict(dim=256, heads=4, ns=(4096, 16384), batch=8),
-        "min_block_s": 0.5,
-        "rounds": 5,
-    },
-    "tiny": {
-        "vit": dict(
-            variant="S", image=32, patch=8, classes=10, batch=4, dims=dict(width=48, depth=1, heads=3, mlp_dim=96)
-        ),
-        "pixels": dict(
-            variant="Ti", image=12, patch=1, classes=10, batch=1, dims=dict(width=24, depth=1, heads=3, mlp_dim=48)
-        ),
-        "causal": dict(dim=32, heads=2, ns=(128, 256), batch=1),
-        "min_block_s": 0.02,
-        "rounds": 3,
-    },
-}
-
-
-# ===================================================================================== child side
-def _versions() -> dict:
-    import importlib.metadata as md
-
-    import jax
-
-    out = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "equinox", "optax", "numpy", "ttt-compile"):
-        try:
-            out[name] = md.version(name)
-        except md.PackageNotFoundError:
-            out[name] = None
-    for dist in md.distributions():  # accelerator plugins: jax-cuda12-plugin, libtpu, ...
-        name = dist.metadata["Name"] or ""
-        if name.lower().startswith(("jax-cuda", "jax_cuda", "libtpu", "jax-rocm", "jax_rocm")):
-            out[name] = dist.version
-    out["jax_backend"] = jax.default_backend()
-    return out
-
-
-def _nvidia_smi() -> str | None:
-    try:
-        r = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        return r.stdout.strip() or None if r.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def peak_tflops(device_kind: str) -> float | None:
-    """The bf16 peak of `device_kind` from PEAK_BF16, or None when it is not in the table."""
-    return next((peak for name, peak in PEAK_BF16 if name.lower() in device_kind.lower()), None)
-
-
-def job_info(_: dict) -> dict:
-    """The device, its driver and the library versions."""
-    import jax
-
-    d = jax.devices()[0]
-    stats = d.memory_stats() or {}
-    try:
-        platform_version = d.client.platform_version
-    except AttributeError:
-        platform_version = None
-    return {
-        "device_kind": d.device_kind,
-        "platform": d.platform,
-        "device_count": jax.device_count(),
-        "platform_version": platform_version,
-        "memory_limit_bytes": stats.get("bytes_limit"),
-        "nvidia_smi": _nvidia_smi(),
-        "peak_bf16_tflops": peak_tflops(d.device_kind),
-        "host": f"{platform.node()} {platform.machine()} {os.cpu_count()} CPU cores",
-        "versions": _versions(),
-    }
-
-
-def _factory(preset: str, options: dict):
-    from ttt_compile.models import layers
-
-    make = layers.get(preset)
-    return lambda *, dim, heads, key: make(dim=dim, heads=heads, key=key, **options)
-
-
-def build_vit(size: dict, preset: str, options: dict, dtype):
-    """The ViT of `size` with every block's attention layer compiled once by
-    ``tc.compile(layer, x, "default")`` (traced in `dtype`) and the program shared by all blocks
-    (the jaxpr takes the parameters as inputs), each block keeping its own float32 parameters."""
-    import equinox as eqx
-    import jax
-    import jax.numpy as jnp
-
-    import ttt_compile as tc
-    from ttt_compile.models.vit import vit
-
-    model = vit(
-        size["variant"],
-        image_size=size["image"],
-        channels=3,
-        num_classes=size["classes"],
-        patch=size["patch"],
-        layer=_factory(preset, options),
-        key=jax.random.PRNGKey(0),
-        posemb="sincos2d" if size["patch"] > 1 else "learn",
-        **size["dims"],
-    )
-    first = model.blocks[0].attn
-    if not isinstance(first, tc.TTTLayer):  # the attention baselines have no inner loop
-        return model, []
-    cast = lambda t, dt: jax.tree_util.tree_map(lambda a: a.astype(dt) if eqx.is_inexact_array(a) else a, t)  # noqa: E731
-    example = jnp.zeros((model.num_tokens, model.embed.out_features), dtype)
-    prog = tc.compile(cast(first, dtype), example, passes="default")
-    notes = [f"{name}: {n}" for name, ns in prog.notes for n in ns]
-    attns = [
-        eqx.tree_at(lambda c: c.params, prog, cast(eqx.partition(b.attn, eqx.is_inexact_array)[0], jnp.float32))
-        for b in model.blocks
-    ]
-    return eqx.tree_at(lambda m: [b.attn for b in m.blocks], model, attns), notes
-
-
-def vit_step(model, dtype):
-    """(jit'ed step(params, opt_state, images, labels) -> (params, opt_state, loss), params,
-    opt_state): clip(1) + AdamW(1e-3, decay 1e-4, mu in bf16) on float32 master weights, the
-    forward/backward pass in `dtype`."""
-    import equinox as eqx
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(1e-3, weight_decay=1e-4, mu_dtype=jnp.bfloat16))
-
-    def loss(p, images, labels):
-        m = eqx.combine(jax.tree_util.tree_map(lambda a: a.astype(dtype), p), static)
-        logits = jax.vmap(m)(images.astype(dtype)).astype(jnp.float32)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-    def step(p, s, images, labels):
-        value, grads = jax.value_and_grad(loss)(p, images, labels)
-        updates, s = optimizer.update(grads, s, p)
-        return optax.apply_updates(p, updates), s, value
-
-    return jax.jit(step, donate_argnums=(0, 1)), params, optimizer.init(params)
-
-
-def _flops(fn, args, compiled) -> tuple[float, str]:
-    """FLOPs of one call: XLA's count of the compiled program, or, when a loop survives in it (XLA
-    counts a loop body once), `ttt_compile.cost` with trip counts."""
-    import jax
-
-    from ttt_compile import cost
-
-    ca = compiled.cost_analysis()
-    ca = (ca[0] if ca else {}) if isinstance(ca, (list, tuple)) else (ca or {})
-    if "while" not in compiled.as_text():
-        return float(ca.get("flops", 0.0)), "XLA cost analysis (no loop in the compiled program)"
-    return cost.measure(jax.make_jaxpr(fn)(*args)).flops, "ttt_compile.cost (XLA, loop trip counts)"
-
-
-def _memory(compiled) -> dict:
-    import jax
-
-    ma = compiled.memory_analysis()
-    out = {
-        "compiled_temp_bytes": int(ma.temp_size_in_bytes) if ma is not None else None,
-        "compiled_total_bytes": (
-            int(ma.temp_size_in_bytes + ma.argument_size_in_bytes + ma.output_size_in_bytes - ma.alias_size_in_bytes)
-            if ma is not None
-            else None
-        ),
-    }
-    stats = jax.devices()[0].memory_stats()
-    if stats and "peak_bytes_in_use" in stats:
-        out.update(peak_bytes=int(stats["peak_bytes_in_use"]), memory_source="device.memory_stats()")
-    else:
-        out.update(
-            peak_bytes=out["compiled_total_bytes"],
-            memory_source="compiled memory analysis (arguments + outputs + temp; no device stats)",
-        )
-    return out
-
-
-def _time(call, min_block_s: float, rounds: int) -> tuple[float, list[float]]:
-    """Median seconds per call over `rounds` blocks of k calls (k: a block lasts >= min_block_s);
-    `call()` returns what to wait for."""
-    import jax
-
-    t0 = time.perf_counter()
-    jax.block_until_ready(call())
-    k = max(1, int(min_block_s / max(time.perf_counter() - t0, 1e-6)) + 1)
-    per_call = []
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        out = None
-        for _ in range(k):
-            out = call()
-        jax.block_until_ready(out)
-        per_call.append((time.perf_counter() - t0) / k)
-    return sorted(per_call)[len(per_call) // 2], per_call
-
-
-def _throughput(fn, args, items: int, state_args: int, min_block_s: float, rounds: int) -> dict:
-    """Compile fn on args, count its FLOPs and memory, time it: the first `state_args` arguments are
-    threaded through the calls (they are donated), `items` images or tokens per call."""
-    import jax
-
-    t0 = time.perf_counter()
-    lowered = fn.lower(*args)
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - t0
-    flops, flops_source = _flops(fn, args, compiled)
-    state = list(args[:state_args])
-    rest = args[state_args:]
-
-    def call():
-        out = compiled(*state, *rest)
-        state[:] = out[:state_args]
-        return out
-
-    s, per_call = _time(call, min_block_s, rounds)
-    kind = jax.devices()[0].device_kind
-    peak = peak_tflops(kind)
-    tflops = flops / s / 1e12
-    return {
-        "status": "ok",
-        "compile_s": compile_s,
-        "s_per_step": s,
-        "s_per_step_rounds": per_call,
-        "items_per_s": items / s,
-        "flops_per_step": flops,
-        "flops_source": flops_source,
-        "tflops": tflops,
-        "peak_bf16_tflops": peak,
-        "fraction_of_peak": (tflops / peak) if peak else "unknown",
-        **_memory(compiled),
-    }
-
-
-def job_vit(spec: dict) -> dict:
-    """One ViT training step (part 1 or 2)."""
-    import jax
-    import jax.numpy as jnp
-
-    size = SIZES[spec["mode"]][spec["part"]]
-    preset, options = VIT_LAYERS[spec["layer"]]
-    dtype = jnp.bfloat16
-    t0 = time.perf_counter()
-    model, notes = build_vit(size, preset, options, dtype)
-    step, params, opt_state = vit_step(model, dtype)
-    build_s = time.perf_counter() - t0
-    b, side = size["batch"], size["image"]
-    images = jax.random.normal(jax.random.PRNGKey(1), (b, side, side, 3), jnp.float32)
-    labels = jnp.arange(b, dtype=jnp.int32) % size["classes"]
-    r = _throughput(
-        step,
-        (params, opt_state, images, labels),
-        b,
-        2,
-        SIZES[spec["mode"]]["min_block_s"],
-        SIZES[spec["mode"]]["rounds"],
-    )
-    r["images_per_s"] = r.pop("items_per_s")
-    r.update(
-        batch=b,
-        tokens=model.num_tokens,
-        build_s=build_s,
-        compute_dtype="bfloat16",
-        master_dtype="float32",
-        memory_per_image_bytes=r["peak_bytes"] / b if r["peak_bytes"] else None,
-        pass_notes=notes,
-    )
-    return r
-
-
-def causal_layer(spec: dict, dim: int, heads: int, n: int):
-    import jax
-    import jax.numpy as jnp
-
-    import ttt_compile as tc
-    from ttt_compile.models import layers
-    from ttt_compile.models.causal import causal_linear_attention
-
-    layer = CAUSAL[spec["layer"]]
-    key = jax.random.PRNGKey(0)
-    if layer["kind"] == "causal_linear_attention":
-        return causal_linear_attention(dim=dim, heads=heads, key=key, chunk=min(layer["chunk"], n)), []
-    m = layers.mttt_linear(dim=dim, heads=heads, key=key, batching="online", chunk=layer["chunk"], lr=0.01)
-    prog = tc.compile(m, jnp.zeros((n, dim), jnp.float32), passes="default")
-    return prog, [f"{name}: {note}" for name, ns in prog.notes for note in ns]
-
-
-def job_causal(spec: dict) -> dict:
-    """Training step of one causal layer over a batch of sequences (part 3)."""
-    import equinox as eqx
-    import jax
-    import jax.numpy as jnp
-
-    size = SIZES[spec["mode"]]["causal"]
-    n, b = spec["n"], size["batch"]
-    model, notes = causal_layer(spec, size["dim"], size["heads"], n)
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-
-    def loss(p, x):
-        return jnp.sum(jnp.sin(jax.vmap(eqx.combine(p, static))(x)))
-
-    step = jax.jit(jax.value_and_grad(loss))
-    x = jax.random.normal(jax.random.PRNGKey(1), (b, n, size["dim"]), jnp.float32)
-    r = _throughput(step, (params, x), b * n, 0, SIZES[spec["mode"]]["min_block_s"], SIZES[spec["mode"]]["rounds"])
-    r["tokens_per_s"] = r.pop("items_per_s")
-    r.update(batch=b, compute_dtype="float32", pass_notes=notes)
-    return r
-
-
-JOBS = {"info": job_info, "vit": job_vit, "pixels": job_vit, "causal": job_causal}
-
-
-def run_job(spec: dict) -> dict:
-    return JOBS[spec["part"]](spec)
-
-
-# ==================================================================================== parent side
+# ==================================================================================== the run
 def attention_memory(size: dict, bytes_per_value: int = 2) -> dict:
     """The memory self-attention would need per image (formula, not measured): one layer's scores
     H n^2, and the probabilities all `depth` blocks keep for the backward pass, depth H n^2, in
@@ -512,137 +181,8 @@ def run(out_dir: str | os.PathLike, tiny: bool = False, log=print, budget_s: flo
             results[spec["part"]].append(row)
     results["pixels"].append({"name": "self-attention", **attention_memory(SIZES[mode]["pixels"])})
     results["wall_s"] = time.perf_counter() - t_start
-    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (out / "results.md").write_text(markdown(results))
-    log(f"wrote {out / 'results.json'} and {out / 'results.md'} in {results['wall_s']:.0f} s")
+    write_results(out, "results", results, markdown(results), log=lambda m: log(f"{m} in {results['wall_s']:.0f} s"))
     return results
-
-
-# ======================================================================================= report
-def _num(x, fmt: str = ",.1f", none: str = "-") -> str:
-    if x is None:
-        return none
-    if isinstance(x, str):
-        return x
-    return format(x, fmt)
-
-
-def _gib(b) -> str:
-    if b is None:
-        return "-"
-    return f"{b / 2**30:.2f} GiB" if b >= 2**30 else f"{b / 2**20:.2f} MiB"
-
-
-def _model(size: dict) -> str:
-    """'ViT-S/16', with the overridden dimensions of a --tiny model."""
-    shrunk = ", ".join(f"{k} {v}" for k, v in size["dims"].items())
-    return f"ViT-{size['variant']}/{size['patch']}" + (f" (shrunk: {shrunk})" if shrunk else "")
-
-
-def _status(r: dict) -> str:
-    return "ok" if r.get("status") == "ok" else f"{r.get('status')}: {r.get('error', '')}".replace("\n", " ")[:200]
-
-
-def markdown(results: dict) -> str:
-    info = results.get("info") or {}
-    v = info.get("versions") or {}
-    s = results["sizes"]
-    lines = [
-        f"# Device benchmark ({results['mode']}, {results['date']})",
-        "",
-        f"Command: `{results['command']}`. Wall time {results['wall_s']:.0f} s (budget {results['budget_s']:.0f} s; "
-        f"limits per measurement {results['limits_s']}).",
-        "",
-    ]
-    if info.get("status") == "ok":
-        lines += [
-            f"Device: {info['device_kind']} ({info['platform']}, {info['device_count']} device(s); "
-            f"platform version {info.get('platform_version')}; nvidia-smi: {info.get('nvidia_smi')}; "
-            f"memory limit {_gib(info.get('memory_limit_bytes'))}); host {info.get('host')}.",
-            "Versions: " + ", ".join(f"{k} {val}" for k, val in v.items()) + ".",
-            f"bf16 peak used for the fraction: {_num(info.get('peak_bf16_tflops'), '.0f', 'unknown')} TFLOP/s "
-            "(vendor data sheet, dense; 'unknown' when the device kind is not in the table).",
-            "",
-        ]
-    else:
-        lines += [f"Device information: {_status(info)}", ""]
-    if results["mode"] == "tiny":
-        lines += [
-            "**--tiny**: shrunken models and sequences for a CPU smoke run; the figures describe "
-            "nothing about an accelerator or the paper's models.",
-            "",
-        ]
-    vs = s["vit"]
-    lines += [
-        f"## {_model(vs)} at {vs['image']}x{vs['image']}: one training step "
-        f"(batch {vs['batch']}, bf16 compute, f32 master weights, AdamW)",
-        "",
-        "| layer | images/s | TFLOP/s | fraction of peak | GFLOP/step | peak memory | compile s | status |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for r in results["vit"]:
-        ok = r.get("status") == "ok"
-        lines.append(
-            f"| {r['name']} | {_num(r.get('images_per_s')) if ok else '-'} | "
-            f"{_num(r.get('tflops'), '.3f') if ok else '-'} | "
-            f"{_num(r.get('fraction_of_peak'), '.3f') if ok else '-'} | "
-            f"{_num(r['flops_per_step'] / 1e9, ',.4g') if ok else '-'} | "
-            f"{_gib(r.get('peak_bytes')) if ok else '-'} | {_num(r.get('compile_s')) if ok else '-'} | "
-            f"{_status(r)} |"
-        )
-    ps = s["pixels"]
-    n_pix = (ps["image"] // ps["patch"]) ** 2
-    lines += [
-        "",
-        f"## {_model(ps)} on raw {ps['image']}x{ps['image']} pixels (n = {n_pix:,}): training step, "
-        f"batch {ps['batch']}",
-        "",
-        "| layer | images/s | memory per image | TFLOP/s | compile s | status |",
-        "| --- | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for r in results["pixels"]:
-        if r.get("status") == "ok":
-            lines.append(
-                f"| {r['name']} | {_num(r['images_per_s'], ',.3f')} | {_gib(r['memory_per_image_bytes'])} | "
-                f"{_num(r['tflops'], '.3f')} | {_num(r['compile_s'])} | ok |"
-            )
-        elif "formula" in r:
-            lines.append(
-                f"| {r['name']} | not run | {_gib(r['memory_per_image_bytes'])} (attention "
-                f"probabilities kept for backward: {r['formula']}; one layer's scores "
-                f"{_gib(r['scores_one_layer_bytes'])}) | - | - | {r['status']} |"
-            )
-        else:
-            lines.append(f"| {r['name']} | - | - | - | - | {_status(r)} |")
-    cs = s["causal"]
-    lines += [
-        "",
-        f"## Causal LM layer (d = {cs['dim']}, H = {cs['heads']}, float32): training step over "
-        f"{cs['batch']} sequence(s)",
-        "",
-        "| layer | n | tokens/s | x chunked causal linear attention | TFLOP/s | peak memory | status |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    base = {
-        r["n"]: r.get("tokens_per_s")
-        for r in results["causal"]
-        if r["name"].startswith("chunked") and r.get("status") == "ok"
-    }
-    for r in results["causal"]:
-        ok = r.get("status") == "ok"
-        rel = r["tokens_per_s"] / base[r["n"]] if ok and base.get(r["n"]) else None
-        lines.append(
-            f"| {r['name'].rsplit(' n=', 1)[0]} | {r['n']:,} | {_num(r.get('tokens_per_s'), ',.0f') if ok else '-'} | "
-            f"{_num(rel, '.3f')} | {_num(r.get('tflops'), '.3f') if ok else '-'} | "
-            f"{_gib(r.get('peak_bytes')) if ok else '-'} | {_status(r)} |"
-        )
-    lines += [
-        "",
-        "Memory: `device.memory_stats()['peak_bytes_in_use']` of the measurement's own process where the "
-        "backend reports it, else XLA's compiled memory analysis (arguments + outputs + temp). FLOPs: XLA "
-        "cost analysis of the compiled step, loop trip counts included (`ttt_compile.cost`).",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 # ========================================================================================= CLI

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ttt_compile.benchmarks.report import write_results
+from ttt_compile.benchmarks.harness import write_results
 
 IMAGENET_SIZES = ((500, 375), (375, 500), (500, 333), (640, 480), (333, 500), (400, 300))
 CLASSES = ("n01440764", "n01443537", "n01484850", "n01491361")

@@ -12,8 +12,9 @@ mini-batch) is reported beside it, with and without the dual_form pass.
 Throughput.  Tokens per second of that training step at n = 4096 (one sequence), for causal
 MTTT-Linear under the default pipeline and the default pipeline with dual_form, against the
 chunked O(n) causal linear attention of `models/causal.py`: all functions are compiled first, then
-called in interleaved rounds inside one process (the start of the order rotates), and each
-figure is the median over rounds; the ratio is the median of per-round ratios.
+called in interleaved rounds inside one process (`benchmarks.timing.interleaved`, one cluster, a
+fresh random order each round), and each figure is the median over rounds; the ratio is the
+median of per-round ratios.
 
     python -m ttt_compile.benchmarks.memory_online [--quick] [--out DIR]
 """
@@ -24,7 +25,6 @@ import argparse
 import datetime
 import json
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,7 +36,8 @@ import numpy as np
 
 import ttt_compile as tc
 import ttt_compile.passes.dual_form  # noqa: F401  (registers the pass)
-from ttt_compile.benchmarks.report import write_results
+from ttt_compile.benchmarks import timing
+from ttt_compile.benchmarks.harness import compiled_figures, pick, write_results
 from ttt_compile.compiler import DEFAULT
 from ttt_compile.models import layers
 from ttt_compile.models.causal import causal_linear_attention
@@ -89,11 +90,9 @@ def compiled_memory(chunk: int, pipeline, n: int) -> dict:
         prog = tc.compile(ttt(chunk), jnp.zeros((n, DIM), jnp.float32), passes=pipeline)
         notes = [n for _, ns in prog.notes for n in ns]
     step, params = train_step(prog)
-    ma = step.lower(params, x).compile().memory_analysis()
+    fig, _ = compiled_figures(step, (params, x), trip_counts=False)
     return {
-        "temp_bytes": int(ma.temp_size_in_bytes),
-        "argument_bytes": int(ma.argument_size_in_bytes),
-        "output_bytes": int(ma.output_size_in_bytes),
+        **pick(fig, "temp_bytes", "argument_bytes", "output_bytes"),
         "compile_s": time.perf_counter() - t0,
         "notes": notes,
     }
@@ -119,28 +118,6 @@ def memory_table(ns: list[int], log=print) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- throughput
-def _block(fn: Callable, k: int) -> float:
-    t0 = time.perf_counter()
-    for _ in range(k):
-        out = fn()
-    jax.block_until_ready(out)
-    return time.perf_counter() - t0
-
-
-def interleaved(fns: dict[str, Callable], rounds: int, min_block: float = 0.2) -> dict[str, list[float]]:
-    """Seconds per call of each fn, per round; every round times a block of calls of each in turn
-    (the order rotates), so a slow moment of the shared machine hits all of them alike."""
-    for fn in fns.values():
-        jax.block_until_ready(fn())
-    ks = {name: max(1, int(np.ceil(min_block / max(_block(fn, 1), 1e-6)))) for name, fn in fns.items()}
-    names = list(fns)
-    out: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:
-            out[name].append(_block(fns[name], ks[name]) / ks[name])
-    return out
-
-
 def throughput(n: int, rounds: int, log=print) -> dict:
     key = jax.random.PRNGKey(1)
     x = jax.random.normal(key, (n, DIM), jnp.float32)
@@ -156,20 +133,22 @@ def throughput(n: int, rounds: int, log=print) -> dict:
         step, params = train_step(m)
         fns[name] = lambda step=step, params=params: step(params, x)
     t0 = time.perf_counter()
-    times = interleaved(fns, rounds)
+    for fn in fns.values():  # compile each step first: the block sizes come from a warm call
+        jax.block_until_ready(fn())
+    times = timing.interleaved(fns, rounds, min_block_s=0.2, clusters=[list(fns)])
     base = "causal linear attention (chunk 64)"
     rows = []
     for name, ts in times.items():
-        ratio = statistics.median(b / t for t, b in zip(ts, times[base]))  # (t_base / t) = speed ratio
+        ratio = timing.ratio(times[base], ts)  # median of t_base / t: the speed ratio
         rows.append(
             {
                 "variant": name,
-                "s_per_step": statistics.median(ts),
-                "tokens_per_s": n / statistics.median(ts),
+                "s_per_step": timing.median(ts),
+                "tokens_per_s": n / timing.median(ts),
                 "throughput_vs_linear_attention": ratio,
             }
         )
-        log(f"  {name:<42} {n / statistics.median(ts):>10,.0f} tok/s   x{ratio:.3f} of linear attention")
+        log(f"  {name:<42} {n / timing.median(ts):>10,.0f} tok/s   x{ratio:.3f} of linear attention")
     return {"n": n, "rounds": rounds, "wall_s": time.perf_counter() - t0, "rows": rows}
 
 

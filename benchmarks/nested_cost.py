@@ -31,7 +31,7 @@ from ttt_compile.configs import load_config
 from ttt_compile.models import layers
 
 from . import timing
-from .report import write_results
+from .harness import write_results
 
 SETTINGS = {
     "mqar": ("mqar_mttt_linear", "mqar_mttt_mlp", "mqar_mttt_nested", "mqar_self_attention"),

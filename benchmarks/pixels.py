@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 
 import ttt_compile as tc
-from ttt_compile.benchmarks.report import write_results
+from ttt_compile.benchmarks.harness import compiled_figures, write_results
 from ttt_compile.compiler import DEFAULT
 from ttt_compile.models import layers
 
@@ -75,14 +75,13 @@ def step_memory(layer, n: int, passes) -> dict:
     def loss(p, x):
         return jnp.sum(jnp.sin(eqx.combine(p, static)(x)))
 
-    compiled = jax.jit(jax.value_and_grad(loss)).lower(params, x).compile()
-    ma = compiled.memory_analysis()
-    return {
-        "temp_bytes": int(ma.temp_size_in_bytes),
-        "argument_output_bytes": int(ma.argument_size_in_bytes + ma.output_size_in_bytes),
-        "compile_s": time.perf_counter() - t0,
-        "notes": notes,
-    }
+    return {**_memory(jax.value_and_grad(loss), (params, x)), "compile_s": time.perf_counter() - t0, "notes": notes}
+
+
+def _memory(fn, args) -> dict:
+    """temp and arguments + outputs bytes of `fn` compiled at `args` (`harness.compiled_figures`, not run)."""
+    fig, _ = compiled_figures(fn, args, trip_counts=False)
+    return {"temp_bytes": fig["temp_bytes"], "argument_output_bytes": fig["argument_bytes"] + fig["output_bytes"]}
 
 
 def time_cost(n: int, rounds: int = 7, log=print) -> dict:
@@ -122,7 +121,7 @@ def model_memory(name: str) -> dict:
     """Compiled memory of the whole ViT-Ti training step at 224 x 224 raw pixels, batch 1, as
     `ttt-compile bench --device` runs it (bf16 compute, f32 master weights, AdamW; TTT layers
     compiled with the default pipeline): lowered and compiled, not run."""
-    from .device import SIZES, VIT_LAYERS, build_vit, vit_step
+    from .device_jobs import SIZES, VIT_LAYERS, build_vit, vit_step
 
     size = SIZES["full"]["pixels"]
     preset, options = VIT_LAYERS[name]
@@ -131,13 +130,11 @@ def model_memory(name: str) -> dict:
     step, params, opt_state = vit_step(model, jnp.bfloat16)
     images = jax.ShapeDtypeStruct((size["batch"], size["image"], size["image"], 3), jnp.float32)
     labels = jax.ShapeDtypeStruct((size["batch"],), jnp.int32)
-    ma = step.lower(params, opt_state, images, labels).compile().memory_analysis()
     return {
         "layer": name,
         "tokens": model.num_tokens,
         "batch": size["batch"],
-        "temp_bytes": int(ma.temp_size_in_bytes),
-        "argument_output_bytes": int(ma.argument_size_in_bytes + ma.output_size_in_bytes),
+        **_memory(step, (params, opt_state, images, labels)),
         "compile_s": time.perf_counter() - t0,
     }
 

@@ -15,8 +15,8 @@ each n, in one process:
 3. training step = value_and_grad of sum(sin(layer(x))) w.r.t. the layer's parameters (the released
    layer: all parameters it trains; with `train_init=False`, MTTT-Linear, its frozen zero W0 is
    excluded, as ours has no W0 then), x of shape (B, n, d);
-4. XLA FLOPs (cost analysis with loop trip counts, `ttt_compile.cost`) and compiled temp memory of
-   both steps, and wall time: `benchmarks.timing.interleaved`, ours and the released step timed back
+4. XLA FLOPs (cost analysis with loop trip counts, `harness.compiled_figures`) and compiled temp memory
+   of both steps, and wall time: `benchmarks.timing.interleaved`, ours and the released step timed back
    to back in random order in every round together with a 2048^2 f32 matmul; the ratio is the median
    of per-round ratios (quartiles beside it), the achieved FLOP/s of each step is its FLOPs over its
    time, as a fraction of the matmul's FLOP/s in the same rounds.
@@ -47,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import timing
-from .report import write_results
+from .harness import compiled_figures, pick, write_results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,15 +180,8 @@ def our_step(variant: Variant, params, x):
 
 
 # --------------------------------------------------------------------------- figures
-def compile_figures(fn, args) -> tuple[dict, object]:
-    """({flops, temp_bytes, compile_s}, executable) of jit(fn) at args; FLOPs with loop trip counts."""
-    from ttt_compile import cost
-
-    t0 = time.perf_counter()
-    exe = jax.jit(fn).lower(*args).compile()
-    compile_s = time.perf_counter() - t0
-    ma = exe.memory_analysis()
-    return {"flops": cost.of(fn, *args).flops, "temp_bytes": int(ma.temp_size_in_bytes), "compile_s": compile_s}, exe
+#: What each side's row keeps of `harness.compiled_figures` (FLOPs with loop trip counts).
+FIGURES = ("flops", "temp_bytes", "compile_s")
 
 
 def rel_err(a, b) -> float:
@@ -263,8 +256,7 @@ def measure(module, v: Variant, name: str, x, dim: int, heads: int, reps: int, m
     step_r, p_r, all_r, layer_r = released_step(module, v, dim, heads, x)
     step_o, p_o, prog = our_step(v, all_r, x)
     same = check_same(module, v, layer_r, all_r, prog, x)
-    fig_r, exe_r = compile_figures(step_r, (p_r, x))
-    fig_o, exe_o = compile_figures(step_o, (p_o, x))
+    (fig_r, exe_r), (fig_o, exe_o) = compiled_figures(step_r, (p_r, x)), compiled_figures(step_o, (p_o, x))
     log(
         f"n={n} {v.name}: ours {fig_o['flops'] / 1e9:.2f} GFLOP, {fig_o['temp_bytes'] / 2**20:.1f} MiB; "
         f"released {fig_r['flops'] / 1e9:.2f} GFLOP, {fig_r['temp_bytes'] / 2**20:.1f} MiB; rel. errors {same}"
@@ -287,7 +279,7 @@ def measure(module, v: Variant, name: str, x, dim: int, heads: int, reps: int, m
     }
     for side, fig, series in (("ours", fig_o, rounds["ours"]), ("released", fig_r, rounds["released"])):
         row[side] = {
-            **fig,
+            **pick(fig, *FIGURES),
             "wall_s": timing.median(series),
             "spread": timing.spread(series),
             "gflops": fig["flops"] / timing.median(series) / 1e9,

@@ -11,6 +11,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 import gc  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 import jax  # noqa: E402
@@ -22,7 +23,11 @@ import pytest  # noqa: E402
 # same layers' steps) in many modules, and `_free_compiled_programs` below drops the in-memory cache
 # after each module; recompiling one from this cache is a read, not an XLA compile (6.0 s -> 0.7 s for
 # 29 eager random.normal shapes here).  Values are unchanged: the cache stores the same executables.
-os.environ.setdefault("TTT_TEST_XLA_CACHE", tempfile.mkdtemp(prefix="ttt-compile-xla-cache-"))
+if "TTT_TEST_XLA_CACHE" not in os.environ:  # the controller (or a plain run) makes it; workers inherit it
+    os.environ["TTT_TEST_XLA_CACHE"] = tempfile.mkdtemp(prefix="ttt-compile-xla-cache-")
+    _OWNS_XLA_CACHE = True
+else:
+    _OWNS_XLA_CACHE = False
 jax.config.update("jax_compilation_cache_dir", os.environ["TTT_TEST_XLA_CACHE"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -36,3 +41,9 @@ def _free_compiled_programs():
     yield
     jax.clear_caches()
     gc.collect()
+
+
+def pytest_unconfigure(config):
+    """The process that made the session's XLA cache removes it when the session ends."""
+    if _OWNS_XLA_CACHE:
+        shutil.rmtree(os.environ["TTT_TEST_XLA_CACHE"], ignore_errors=True)

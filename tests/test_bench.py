@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from ttt_compile.benchmarks import suite, timing
+from ttt_compile.benchmarks import harness, suite, timing
 
 
 def _matmul_thunk(size=96):
@@ -43,11 +43,11 @@ def test_flops_of_a_scanned_loop_count_every_step(steps):
 
         return jax.lax.scan(body, c, None, length=steps)[0]
 
-    fig, exe = suite.compile_and_count(f, (jnp.ones((m, m)), jnp.ones((m, k))))
+    fig, exe = harness.compiled_figures(f, (jnp.ones((m, m)), jnp.ones((m, k))))
     hand = steps * 2 * m * m * k  # one (m, m) @ (m, k) matmul per step
     assert fig["flops"] == pytest.approx(hand, rel=1e-3)
     if fig["xla_loop"]:  # XLA alone counts the while body once
-        assert suite.xla_flops(exe) == pytest.approx(hand / steps, rel=1e-3)
+        assert harness.xla_flops(exe) == pytest.approx(hand / steps, rel=1e-3)
     assert fig["temp_bytes"] is not None and fig["compile_s"] > 0
 
 

@@ -15,6 +15,7 @@ from ttt_compile.cost import train_temp_bytes
 from ttt_compile.models import layers
 
 KEY = jax.random.PRNGKey(0)
+N = 128  # tokens of the validated plans (candidates: no chunk, 64, 32, 16, 8)
 
 
 def _loss(m, x):
@@ -42,13 +43,13 @@ def test_chunk_candidates_divide_every_length_and_halve():
 def test_planned_program_fits_and_equals_the_uncompiled_one_in_float64(preset, options, fraction):
     with jax.enable_x64(True):
         layer = layers.get(preset)(dim=16, heads=2, key=KEY, **options)
-        x = jax.random.normal(jax.random.fold_in(KEY, 1), (256, 16), jnp.float64)
+        x = jax.random.normal(jax.random.fold_in(KEY, 1), (N, 16), jnp.float64)
         unplanned = train_temp_bytes(tc.compile(layer, x).jaxpr)
         budget = int(fraction * unplanned)
         planned = tc.compile(layer, x, remat_budget=budget)
         notes = planned.pipeline[0][2]
         chosen = int(notes[0].split("token_chunk=")[1].split()[0])
-        assert chosen in planner.chunk_candidates([(256, 256 // options["steps"])])[1:], notes
+        assert chosen in planner.chunk_candidates([(N, N // options["steps"])])[1:], notes
         assert train_temp_bytes(planned.jaxpr) <= budget
         none = next(n for n in notes if n.startswith("token_chunk=None"))
         assert "> budget" in none or "no scheme within the budget" in none, notes
@@ -72,7 +73,7 @@ def test_a_program_that_fits_keeps_no_chunk_and_a_named_chunk_is_kept():
 
 def test_a_budget_nothing_meets_names_the_least_memory_measured():
     layer = layers.get("mttt_mlp")(dim=16, heads=2, key=KEY, steps=1, batching="full")
-    x = jax.random.normal(KEY, (64, 16))
+    x = jax.random.normal(KEY, (32, 16))
     with pytest.raises(
         tc.SpecError, match=r"remat_budget=1,000 bytes is below every plan measured .*least [0-9,]+ bytes"
     ):
