@@ -61,6 +61,8 @@ MEMORY_VARIANTS = {  # name -> (chunk b, pipeline)
     "sqrt (b=16)": (16, [("remat", {"scheme": "sqrt"}), "lower"]),
     "sqrt + dual_form (b=16)": (16, [("remat", {"scheme": "sqrt"}), "dual_form", "lower"]),
     "log + dual_form (b=16)": (16, [("remat", {"scheme": "log"}), "dual_form", "lower"]),
+    "default (b=1)": (1, list(DEFAULT)),
+    "default (b=16)": (16, list(DEFAULT)),
     "reference: causal linear attention (chunk 64)": (64, None),
 }
 
@@ -114,6 +116,9 @@ def memory_table(ns: list[int], log=print) -> list[dict]:
             p = max(prev, key=lambda p: p["n"])
             doublings = np.log2(r["n"] / p["n"])
             r["growth_per_doubling"] = float((r["temp_bytes"] / p["temp_bytes"]) ** (1 / doublings))
+        naive = [p for p in rows if p["variant"] == f"none (b={r['chunk']})" and p["n"] == r["n"]]
+        if naive and r["variant"] != naive[0]["variant"]:
+            r["of_naive"] = r["temp_bytes"] / naive[0]["temp_bytes"]
     return rows
 
 
@@ -170,14 +175,18 @@ def markdown(result: dict) -> str:
         f"{HEADS * (DIM // HEADS) ** 2:,} floats = {4 * HEADS * (DIM // HEADS) ** 2:,} B per step, plus their "
         "cotangents); `sqrt` / `log` keep ~2 sqrt(T) / ~2 log2(T) of them and recompute the rest. What "
         "remains per token is activation memory of O(d) floats per token (inputs, keys, queries, outputs and "
-        "their cotangents), the same kind the causal linear-attention reference keeps.",
+        "their cotangents), the same kind the causal linear-attention reference keeps. `default` is "
+        '`tc.compile`\'s default pipeline; "of naive" divides by the `none` row of the same chunk and n '
+        "(the token-by-token scan that stores every W_t, for b = 1).",
         "",
-        "| variant | n | temp bytes | bytes / token | growth per doubling |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        "| variant | n | temp bytes | bytes / token | growth per doubling | of naive (same b) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in mem:
         g = f"{r['growth_per_doubling']:.2f}" if "growth_per_doubling" in r else "-"
-        lines.append(f"| {r['variant']} | {r['n']} | {r['temp_bytes']:,} | {r['bytes_per_token']:,.0f} | {g} |")
+        of = f"{r['of_naive']:.4f}" if "of_naive" in r else "-"
+        row = f"| {r['variant']} | {r['n']} | {r['temp_bytes']:,} | {r['bytes_per_token']:,.0f} | {g} | {of} |"
+        lines.append(row)
     tp = result.get("throughput")
     if tp:
         lines += [
