@@ -28,6 +28,7 @@ import optax
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ttt_compile.layer import Decoder, Output, Project, TTTLayer, check_tokens
+from ttt_compile.layer.host_init import normal, zeros
 from ttt_compile.layer.learners import MLP, Linear, NadarayaWatson
 from ttt_compile.layer.spec import Inner, Reconstruction, SpecError
 
@@ -193,7 +194,7 @@ def mttt_mlp(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:
     k_learner, k_layer = jax.random.split(key)
     learner = MLP(dim // heads, key=k_learner)
     if options.get("init") == "zero":  # W0 = 0 is the learner's own value, not a reset
-        learner = jax.tree.map(jnp.zeros_like, learner)
+        learner = jax.tree.map(lambda a: zeros(a.shape), learner)
     return _ttt("mttt_mlp", learner, dim, heads, k_layer, options, init="learned", decoder_ln=True)
 
 
@@ -218,10 +219,10 @@ class NestedMLP(eqx.Module):
         if hidden % sub:
             raise SpecError(f"NestedMLP: sub-token width sub={sub} must divide the hidden width 4 d_h = {hidden}")
         k1, k2, k3 = jax.random.split(key, 3)
-        self.W1 = jax.random.normal(k1, (hidden, dh)) / math.sqrt(dh)
-        self.b1 = jnp.zeros((hidden,))
-        self.W2 = jax.random.normal(k2, (dh, hidden)) / math.sqrt(hidden)
-        self.b2 = jnp.zeros((dh,))
+        self.W1 = normal(k1, (hidden, dh), 1 / math.sqrt(dh))
+        self.b1 = zeros((hidden,))
+        self.W2 = normal(k2, (dh, hidden), 1 / math.sqrt(hidden))
+        self.b2 = zeros((dh,))
         self.inner = TTTLayer(sub, 1, Linear(sub), inner=Inner(optimizer=optax.sgd(1.0)), key=k3)
         self.m = hidden // sub
 

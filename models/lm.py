@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from ttt_compile.layer import TTTLayer, decode, token_loss
+from ttt_compile.layer.host_init import layer_norm, linear, normal
 from ttt_compile.layer.spec import SpecError
 
 from .causal import CausalLinearAttention, linear_attention_state, linear_attention_step
@@ -195,7 +196,7 @@ class Mlp(eqx.Module):
 
     def __init__(self, width: int, hidden: int, *, key: PRNGKeyArray):
         k1, k2 = jax.random.split(key)
-        self.fc1, self.fc2 = eqx.nn.Linear(width, hidden, key=k1), eqx.nn.Linear(hidden, width, key=k2)
+        self.fc1, self.fc2 = linear(width, hidden, key=k1), linear(hidden, width, key=k2)
 
     def __call__(self, x: Float[Array, " d"]) -> Float[Array, " d"]:
         return self.fc2(jax.nn.gelu(self.fc1(x)))
@@ -269,14 +270,14 @@ class CausalLM(eqx.Module):
             raise SpecError(f"CausalLM: got {len(mixers)} mixers for depth={depth}; give one per block")
         for m in mixers:
             check_causal(m)
-        self.embed = jax.random.normal(ke, (vocab, width)) / math.sqrt(width)
-        self.prev = jax.random.normal(kq, (vocab, width)) / math.sqrt(width) if prev_token else None
-        self.pos = 0.02 * jax.random.normal(kp, (max_len, width))
+        self.embed = normal(ke, (vocab, width), 1 / math.sqrt(width))
+        self.prev = normal(kq, (vocab, width), 1 / math.sqrt(width)) if prev_token else None
+        self.pos = normal(kp, (max_len, width), 0.02)
         self.blocks = tuple(
-            LMBlock(eqx.nn.LayerNorm(width), m, eqx.nn.LayerNorm(width), Mlp(width, mlp_dim, key=k))
+            LMBlock(layer_norm(width), m, layer_norm(width), Mlp(width, mlp_dim, key=k))
             for m, k in zip(mixers, jax.random.split(kb, depth))
         )
-        self.norm = eqx.nn.LayerNorm(width)
+        self.norm = layer_norm(width)
         self.vocab, self.max_len = vocab, max_len
 
     # ----------------------------------------------------------------- training form

@@ -24,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
+from ttt_compile.layer.host_init import host_rng
+
 PRESETS: dict[str, dict[str, int]] = {
     "Ti": dict(width=192, depth=12, heads=3, mlp_dim=768),
     "S": dict(width=384, depth=12, heads=6, mlp_dim=1536),
@@ -51,17 +53,6 @@ def posemb_sincos2d(rows: int, cols: int, width: int, temperature: float = 10_00
     y = y.reshape(-1)[:, None] * omega[None, :]
     x = x.reshape(-1)[:, None] * omega[None, :]
     return jnp.concatenate([jnp.sin(x), jnp.cos(x), jnp.sin(y), jnp.cos(y)], axis=1)
-
-
-def host_rng(key: PRNGKeyArray) -> np.random.Generator:
-    """A numpy generator seeded by a JAX key (its raw bits; no device computation)."""
-    if isinstance(key, jax.core.Tracer):
-        raise TypeError(
-            "the ViT draws its weights on the host: build it outside jit/vmap/eval_shape "
-            "(close over a concrete key instead)"
-        )
-    bits = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
-    return np.random.default_rng(np.asarray(bits).ravel().tolist())
 
 
 class Dense(eqx.Module):

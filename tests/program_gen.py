@@ -35,10 +35,12 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from hypothesis import strategies as st
 
 import ttt_compile as tc
+from ttt_compile.layer.host_init import default_float, host_rng, normal
 from ttt_compile.models import lm as lm_models
 from ttt_compile.models import vit as vit_models
 
@@ -127,31 +129,36 @@ INDEX_VARIANTS = ("floordiv", "mod_mask", "affine", "trunc")
 # An op is a tuple: ("linear",), ("bias",), ("ln",), ("gate",), ("gate_mat",), ("prod",), ("chain",),
 # ("act", name), ("index", variant), ("residual", (op, ...)).
 def op_arrays(op, dh: int, key) -> tuple:
-    """The op's float arrays (fast weights), drawn at scale ~1."""
+    """The op's float arrays (fast weights), drawn at scale ~1 (on the host: building compiles nothing)."""
     kind = op[0]
     k1, k2 = jax.random.split(key)
-    normal = lambda k, shape: jax.random.normal(k, shape, jnp.result_type(float))  # noqa: E731
-    if kind == "linear":
-        return (normal(k1, (dh, dh)) / math.sqrt(dh),)
-    if kind == "bias":
-        return (0.1 * normal(k1, (dh,)),)
-    if kind == "ln":
-        return (1 + 0.1 * normal(k1, (dh,)), 0.1 * normal(k2, (dh,)))
-    if kind == "gate":
-        return (normal(k1, (dh,)),)
-    if kind == "gate_mat":
-        return (normal(k1, (dh, dh)) / math.sqrt(dh),)
-    if kind in ("prod", "chain"):
-        return (normal(k1, (dh, dh)) / math.sqrt(dh), 1 + 0.3 * normal(k2, (dh, dh)) / math.sqrt(dh))
+    normal = lambda k, shape: host_rng(k).standard_normal(shape)  # noqa: E731
     if kind == "residual":
         return tuple(op_arrays(o, dh, k) for o, k in zip(op[1], jax.random.split(key, len(op[1]))))
     if kind == "ttt":
         return (
-            normal(k1, (NEST_M * NEST_D, dh)) / math.sqrt(dh),
-            0.5 * normal(k2, (dh, NEST_M * NEST_D)) / math.sqrt(NEST_M * NEST_D),
+            *on_device(normal(k1, (NEST_M * NEST_D, dh)) / math.sqrt(dh)),
+            *on_device(0.5 * normal(k2, (dh, NEST_M * NEST_D)) / math.sqrt(NEST_M * NEST_D)),
             nested_layer(op[1], op[2], jax.random.fold_in(key, 1)),
         )
+    if kind == "linear":
+        return on_device(normal(k1, (dh, dh)) / math.sqrt(dh))
+    if kind == "bias":
+        return on_device(0.1 * normal(k1, (dh,)))
+    if kind == "ln":
+        return on_device(1 + 0.1 * normal(k1, (dh,)), 0.1 * normal(k2, (dh,)))
+    if kind == "gate":
+        return on_device(normal(k1, (dh,)))
+    if kind == "gate_mat":
+        return on_device(normal(k1, (dh, dh)) / math.sqrt(dh))
+    if kind in ("prod", "chain"):
+        return on_device(normal(k1, (dh, dh)) / math.sqrt(dh), 1 + 0.3 * normal(k2, (dh, dh)) / math.sqrt(dh))
     return ()
+
+
+def on_device(*arrays: np.ndarray) -> tuple:
+    """Host arrays as device arrays of the default float dtype (a copy, no compiled program)."""
+    return tuple(jax.device_put(a.astype(default_float())) for a in arrays)
 
 
 # A nested op: z + W2 vec(TTT(reshape(W1 z, (NEST_M, NEST_D)))), a TTT layer learning over NEST_M
@@ -225,7 +232,8 @@ class Learner(eqx.Module):
         self.ops = ops
         arrays = tuple(op_arrays(o, dh, k) for o, k in zip(ops, jax.random.split(key, max(len(ops), 1))))
         self.arrays = tuple(
-            jax.tree.map(jnp.zeros_like, a) if zero and i not in outer else a for i, a in enumerate(arrays)
+            jax.tree.map(lambda t: jax.device_put(np.zeros(t.shape, t.dtype)), a) if zero and i not in outer else a
+            for i, a in enumerate(arrays)
         )
 
     def __call__(self, z):
@@ -476,8 +484,8 @@ class ResidualMLP(eqx.Module):
 
     def __init__(self, d: int, key):
         k1, k2 = jax.random.split(key)
-        self.W1 = jax.random.normal(k1, (d, 2 * d), jnp.result_type(float)) / math.sqrt(d)
-        self.W2 = jax.random.normal(k2, (2 * d, d), jnp.result_type(float)) / math.sqrt(2 * d)
+        self.W1 = normal(k1, (d, 2 * d), 1 / math.sqrt(d))
+        self.W2 = normal(k2, (2 * d, d), 1 / math.sqrt(2 * d))
 
     def __call__(self, x):
         return x + jax.nn.gelu(x @ self.W1) @ self.W2

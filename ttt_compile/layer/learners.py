@@ -11,8 +11,9 @@ import math
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
+
+from .host_init import normal, zeros
 
 
 class Linear(eqx.Module):
@@ -24,8 +25,8 @@ class Linear(eqx.Module):
 
     def __init__(self, din: int, dout: int | None = None, *, bias: bool = False, key: PRNGKeyArray | None = None):
         dout = din if dout is None else dout
-        self.W = jnp.zeros((dout, din)) if key is None else jax.random.normal(key, (dout, din)) / math.sqrt(din)
-        self.b = jnp.zeros((dout,)) if bias else None
+        self.W = zeros((dout, din)) if key is None else normal(key, (dout, din), 1 / math.sqrt(din))
+        self.b = zeros((dout,)) if bias else None
 
     def __call__(self, z: Float[Array, " din"]) -> Float[Array, " dout"]:
         return self.W @ z if self.b is None else self.W @ z + self.b
@@ -46,10 +47,10 @@ class MLP(eqx.Module):
         dout = din if dout is None else dout
         hidden = 4 * din if hidden is None else hidden
         k1, k2 = jax.random.split(key)
-        self.W1 = jax.random.normal(k1, (hidden, din)) / math.sqrt(din)
-        self.b1 = jnp.zeros((hidden,)) if bias else None
-        self.W2 = jax.random.normal(k2, (dout, hidden)) / math.sqrt(hidden)
-        self.b2 = jnp.zeros((dout,)) if bias else None
+        self.W1 = normal(k1, (hidden, din), 1 / math.sqrt(din))
+        self.b1 = zeros((hidden,)) if bias else None
+        self.W2 = normal(k2, (dout, hidden), 1 / math.sqrt(hidden))
+        self.b2 = zeros((dout,)) if bias else None
 
     def __call__(self, z: Float[Array, " din"]) -> Float[Array, " dout"]:
         a = self.W1 @ z if self.b1 is None else self.W1 @ z + self.b1

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from .host_init import layer_norm, normal, zeros
+
 
 class Project(eqx.Module):
     """phi or psi: one token (d,) -> (heads, d_h), z_k = P_k x  (+ p_k with per-head biases)."""
@@ -18,8 +20,8 @@ class Project(eqx.Module):
     bias: Float[Array, "heads dh"] | None
 
     def __init__(self, dim: int, heads: int, *, bias: bool = False, key: PRNGKeyArray):
-        self.weight = jax.random.normal(key, (heads, dim // heads, dim)) / math.sqrt(dim)
-        self.bias = jnp.zeros((heads, dim // heads)) if bias else None
+        self.weight = normal(key, (heads, dim // heads, dim), 1 / math.sqrt(dim))
+        self.bias = zeros((heads, dim // heads)) if bias else None
 
     def __call__(self, x: Float[Array, " d"]) -> Float[Array, "heads dh"]:
         z = jnp.einsum("hkd,d->hk", self.weight, x)
@@ -51,15 +53,15 @@ class Decoder(eqx.Module):
         ln_eps: float = 1e-5,
         key: PRNGKeyArray,
     ):
-        self.weight = jax.random.normal(key, (heads, dim, dim // heads)) / math.sqrt(dim // heads)
-        self.bias = jnp.zeros((dim,)) if bias else None
+        self.weight = normal(key, (heads, dim, dim // heads), 1 / math.sqrt(dim // heads))
+        self.bias = zeros((dim,)) if bias else None
         self.ln_per_head = bool(decoder_ln and ln_per_head)
         if not decoder_ln:
             self.ln = None
         elif self.ln_per_head:
-            self.ln = eqx.filter_vmap(lambda _: eqx.nn.LayerNorm(dim, eps=ln_eps))(jnp.arange(heads))
+            self.ln = layer_norm(dim, eps=ln_eps, copies=heads)
         else:
-            self.ln = eqx.nn.LayerNorm(dim, eps=ln_eps)
+            self.ln = layer_norm(dim, eps=ln_eps)
 
     def __call__(self, z: Float[Array, "heads dh"]) -> Float[Array, "heads d"]:
         return jax.vmap(decode, in_axes=(0, self.ln_axis, 0, None))(self.weight, self.ln, z, self.bias)
@@ -89,8 +91,8 @@ class StepSize(eqx.Module):
     eta_base: float = eqx.field(static=True)
 
     def __init__(self, dim: int, heads: int, *, per_token: bool, eta_base: float):
-        self.theta = jnp.zeros((heads, dim)) if per_token else None
-        self.bias = jnp.zeros((heads,))
+        self.theta = zeros((heads, dim)) if per_token else None
+        self.bias = zeros((heads,))
         self.eta_base = float(eta_base)
 
     def __call__(self, x: Float[Array, "n d"]) -> Float[Array, "heads n"] | Float[Array, " heads"]:
@@ -107,8 +109,8 @@ class Output(eqx.Module):
     bias: Float[Array, " d"]
 
     def __init__(self, dim: int, heads: int, *, key: PRNGKeyArray):
-        self.weight = jax.random.normal(key, (dim, heads, dim // heads)) / math.sqrt(dim)
-        self.bias = jnp.zeros((dim,))
+        self.weight = normal(key, (dim, heads, dim // heads), 1 / math.sqrt(dim))
+        self.bias = zeros((dim,))
 
     def __call__(self, o: Float[Array, "heads dh"]) -> Float[Array, " d"]:
         return jnp.einsum("dhk,hk->d", self.weight, o) + self.bias

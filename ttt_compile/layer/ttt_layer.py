@@ -29,6 +29,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from ttt_compile.ir.primitive import ttt_loop
 
+from .host_init import nonzero_paths, stack_copies
 from .inner_steps import (
     as_compute,
     batch_step,
@@ -85,12 +86,7 @@ def split_learner(learner: eqx.Module, outer: Callable | None):
 
 def _nonzero(params) -> str:
     """The paths of concrete non-zero arrays in `params` ('' if all zero or not concrete)."""
-    bad = [
-        jax.tree_util.keystr(path)
-        for path, a in jax.tree_util.tree_leaves_with_path(params)
-        if not isinstance(a, jax.core.Tracer) and bool(jnp.any(a != 0))
-    ]
-    return ", ".join(bad)
+    return ", ".join(nonzero_paths(params))
 
 
 # --------------------------------------------------------------------------- input checks
@@ -197,9 +193,7 @@ class TTTLayer(eqx.Module):
                     "or build the learner with zero arrays"
                 )
             self.fast_shape = jax.eval_shape(lambda: params)
-            self.W0 = (
-                jax.tree.map(lambda a: jnp.broadcast_to(a, (heads, *a.shape)), params) if init == "learned" else None
-            )
+            self.W0 = jax.tree.map(lambda a: stack_copies(a, heads), params) if init == "learned" else None
         if self.nonparametric and inner.dtype is not None:
             raise SpecError(
                 f"Inner.dtype={inner.dtype!r} sets the precision of fast weights, but "
