@@ -466,3 +466,11 @@ def compare(reference, candidate, x, *, key=None):
         raise ValueError(f"the two models have {len(g_ref)} and {len(g)} float leaves")
     worst = max(((relative_error(b, a), p) for p, a, b in zip(paths, g_ref, g)), default=(0.0, ""))
     return Validation(relative_error(y, y_ref), worst[0], worst[1])
+
+
+def validate(model, x, passes="default", *, key=None):
+    """`ttt_compile.validate.validate` (compile `model` with `passes`, then `compare` it with the
+    un-compiled model) with both programs evaluated by NumPy instead of XLA-compiled."""
+    import ttt_compile as tc
+
+    return compare(model, tc.compile(model, x, passes=passes), x, key=key)

@@ -2,6 +2,8 @@
 validation (values and outer gradients) of every pass and pipeline over random layer specs."""
 
 import functools
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +18,9 @@ from ttt_compile import passes as P
 from ttt_compile.ir.primitive import contains_loop, ttt_loop_p
 from ttt_compile.layer.spec import SpecError
 from ttt_compile.models import layers
+
+sys.path.insert(0, os.path.dirname(__file__))
+import np_eval  # noqa: E402
 
 KEY = jax.random.PRNGKey(0)
 
@@ -240,8 +245,8 @@ def specs(draw):
     return preset, heads * dh, heads, n, opts, pipeline, draw(st.integers(0, 2**16))
 
 
-@settings(max_examples=6)  # tc.validate's XLA path on the presets; tests/test_validate_generated.py
-@given(specs())  # covers generated programs at scale
+@settings(max_examples=6)  # the presets' options, evaluated with NumPy (tc.validate's XLA path: test_core's
+@given(specs())  # custom learner example); tests/test_validate_generated.py covers generated programs at scale
 def test_translation_validation(spec):
     """In float64, so that a rewrite bug is not confused with float32 rounding amplified by a
     diverging inner loop (eta = 1 with an MLP learner can blow up: then only f64 separates them)."""
@@ -250,5 +255,5 @@ def test_translation_validation(spec):
         key = jax.random.PRNGKey(seed)
         layer = layers.get(preset)(dim=dim, heads=heads, key=key, **opts)
         x = jax.random.normal(jax.random.fold_in(key, 1), (n, dim), jnp.float64)
-        v = tc.validate.validate(layer, x, pipeline, key=jax.random.fold_in(key, 2))
+        v = np_eval.validate(layer, x, pipeline, key=jax.random.fold_in(key, 2))
     assert v.ok(1e-9), (spec, v)

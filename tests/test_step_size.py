@@ -1,6 +1,9 @@
 """Learned inner step sizes (tc.Inner(eta="per_head" | "per_token")): their meaning, and every pass keeps
 it (values and outer gradients in float64, each pass alone and the default pipeline)."""
 
+import os
+import sys
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -13,6 +16,9 @@ from ttt_compile.layer.spec import SpecError
 from ttt_compile.models import layers
 from ttt_compile.models.lm import causal_lm
 from ttt_compile.validate import relative_error
+
+sys.path.insert(0, os.path.dirname(__file__))
+import np_eval  # noqa: E402
 
 KEY = jax.random.PRNGKey(0)
 PASSES = [["fold_zero_init"], ["simplify"], ["sgd_batch"], ["dual_form"], ["remat"], "default"]
@@ -76,7 +82,7 @@ def test_every_pass_keeps_a_learned_step_size(preset, eta, batching, passes):
     with jax.enable_x64(True):
         layer = build(preset, eta, batching, jnp.float64)
         x = jax.random.normal(jax.random.fold_in(KEY, 2), (8, 8), jnp.float64)
-        v = tc.validate.validate(layer, x, passes)
+        v = np_eval.validate(layer, x, passes)
         assert v.ok(1e-9), v
         # the step size's own parameters get outer gradients (they are trained by the outer loop)
         g = eqx.filter_grad(lambda m: jnp.sum(jnp.sin(m(x))))(layer)
