@@ -69,9 +69,7 @@ def chunked_programs(draw):
     return dataclasses.replace(program, layers=tuple(specs))
 
 
-@settings(max_examples=12, deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
-@given(chunked_programs())
-def test_token_chunk_on_generated_programs(program):
+def check_chunked_program(program):
     """token_chunk on generated learners, optimizers and specs (folded or decoded loss, nested learners):
     the chunked program equals the unchunked one, and compiles (default pipeline) to itself, within
     the validator's conditioning-relative tolerance (tests/test_validate_generated.py), float64."""
@@ -85,3 +83,19 @@ def test_token_chunk_on_generated_programs(program):
         got = T.evaluate(model, ref.x, ref.r)
     assert T.compare(got, ref, False, "unchunked") == [], T.describe(program, None)
     assert T.check(program, "default", ref, pair=False) == [], T.describe(program, "default")
+
+
+GENERATED = dict(deadline=None, database=None, derandomize=True, suppress_health_check=list(HealthCheck))
+
+
+@settings(max_examples=4, **GENERATED)  # the default run; -m slow draws 24
+@given(chunked_programs())
+def test_token_chunk_on_generated_programs(program):
+    check_chunked_program(program)
+
+
+@pytest.mark.slow
+@settings(max_examples=24, **GENERATED)
+@given(chunked_programs())
+def test_token_chunk_on_generated_programs_slow(program):
+    check_chunked_program(program)
