@@ -14,7 +14,7 @@ from . import timing
 from .harness import compiled_figures, pick
 
 if TYPE_CHECKING:  # annotations only: this module never imports suite at run time
-    from .suite import Config
+    from .suite_config import Config
 
 #: What a program's figures hold in results.json (the harness reads more).
 FIGURE_KEYS = ("flops", "temp_bytes", "compile_s", "xla_loop")

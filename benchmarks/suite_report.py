@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from . import timing
 
 if TYPE_CHECKING:  # annotations only: this module never imports suite at run time
-    from .suite import Config
+    from .suite_config import Config
 
 
 # --------------------------------------------------------------------------- derived figures

@@ -47,3 +47,14 @@ def pytest_unconfigure(config):
     """The process that made the session's XLA cache removes it when the session ends."""
     if _OWNS_XLA_CACHE:
         shutil.rmtree(os.environ["TTT_TEST_XLA_CACHE"], ignore_errors=True)
+
+
+# The modules whose tests take longest (a minute or more each on a 2-core machine) run first: under
+# pytest-xdist's worksteal the last tests decide when the run ends, and a run that ends on short tests
+# keeps both workers busy to the end (longest-first scheduling).
+LONGEST_FIRST = ("test_validate_generated.py", "test_sharding.py", "test_planner.py", "test_train.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order otherwise
