@@ -250,6 +250,42 @@ def mttt_kernel(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLay
     return TTTLayer(dim, heads, NadarayaWatson(), task=Reconstruction(decoder_ln=o["decoder_ln"]), key=key)
 
 
+_TTT_LM_OPTIONS = {"chunk": 16, "lr": 1.0, "base": False, "conv_width": 4, "rope_theta": 10000.0, "batching": "online"}
+
+
+def _ttt_lm(kind: str, dim: int, heads: int, key: PRNGKeyArray, options: dict) -> TTTLayer:
+    from ttt_compile.layer.ttt_lm_jax import ttt_lm_jax_layer
+
+    _check_dims(dim, heads)
+    o = _options(f"ttt_{kind}", options, _TTT_LM_OPTIONS)
+    if o["batching"] != "online":
+        raise SpecError(f"ttt_{kind}: the layer is causal (batching='online'), got batching={o['batching']!r}")
+    return ttt_lm_jax_layer(
+        kind=kind + ("_base" if o["base"] else ""),
+        width=dim,
+        heads=heads,
+        mini_batch_size=o["chunk"],
+        base_lr=o["lr"],
+        rope_theta=o["rope_theta"],
+        conv_width=o["conv_width"],
+        key=key,
+    )
+
+
+def ttt_linear(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:
+    """TTT-Linear (Sun et al. 2024, ttt-lm-jax's TTTLinear) as ttt-lm-jax builds it: f(z) = z + LN(W z + b),
+    a multi-view task, online chunks with the learned 1/i factor, RoPE, a shared q/k projection with causal
+    convolutions, an output norm and gate (options: chunk = b (16), lr = ttt_base_lr (1.0),
+    base = TTTLinearBase (no convolutions, no gate), conv_width (4), rope_theta (1e4))."""
+    return _ttt_lm("linear", dim, heads, key, options)
+
+
+def ttt_mlp(*, dim: int, heads: int, key: PRNGKeyArray, **options) -> TTTLayer:
+    """TTT-MLP (ttt-lm-jax's TTTMLP): f(z) = z + LN(W2 gelu(W1 z + b1) + b2), hidden 4 d_h, otherwise as
+    `ttt_linear` (same options)."""
+    return _ttt_lm("mlp", dim, heads, key, options)
+
+
 PRESETS = {
     "self_attention": self_attention,
     "linear_attention": linear_attention,
@@ -258,6 +294,8 @@ PRESETS = {
     "mttt_mlp": mttt_mlp,
     "mttt_kernel": mttt_kernel,
     "mttt_nested": mttt_nested,
+    "ttt_linear": ttt_linear,
+    "ttt_mlp": ttt_mlp,
 }
 
 

@@ -84,7 +84,29 @@ def chunk_start_weights(layer: TTTLayer):
     return jax.tree.map(lambda s: jnp.zeros((layer.heads, *s.shape), s.dtype), layer.fast_shape)
 
 
+def check_decodable(layer: TTTLayer) -> None:
+    """The token-by-token decode path covers the paper's layers; the follow-up paper's options are refused
+    with the fix (run the whole prefix through `CausalLM.__call__`, which supports them all)."""
+    used = [
+        name
+        for name, on in (
+            ("task=MultiView", layer.multiview),
+            ("Inner.chunk_factor", layer.inner.chunk_factor != "none"),
+            ("SequenceMaps", layer.sequence != type(layer.sequence)()),
+            ("Readout norm/gate", layer.readout.norm or layer.readout.gate),
+            ("outer_per_head", layer.outer_per_head),
+        )
+        if on
+    ]
+    if used:
+        raise SpecError(
+            f"CausalLM decode/generate: the token-by-token path does not support {', '.join(used)} yet; "
+            "score or sample with the full-sequence call model(ids) instead"
+        )
+
+
 def ttt_init_state(layer: TTTLayer) -> TTTState:
+    check_decodable(layer)
     W = chunk_start_weights(layer)
     return TTTState(
         W, jax.vmap(layer.inner.optimizer.init)(W), jax.tree.map(jnp.zeros_like, W), jnp.zeros((), jnp.int32)

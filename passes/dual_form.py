@@ -85,10 +85,11 @@ class Outer:
 
 @dataclasses.dataclass(eq=False)
 class Cum:
-    """T[B..., a, c] = base + s * sum_{j <= i along axis t} e_j k_j^T  (i the index on axis t).
+    """T[B..., a, c] = base + s * f[B...] * sum_{j <= i along axis t} e_j k_j^T  (i the index on axis t).
 
     `base` is None (zero) or an array of T's shape with size 1 on axis t; `scale` holds the rank-0
-    factors of s; `dtype` is T's dtype."""
+    factors of s; `factor` is None (1) or an array f of T's rank with size 1 on the two matrix axes
+    (a factor per token, e.g. the 1/i of Inner.chunk_factor, or per batch element); `dtype` is T's dtype."""
 
     e: Any
     k: Any
@@ -96,6 +97,7 @@ class Cum:
     scale: tuple
     base: Any
     dtype: Any
+    factor: Any = None
 
     @property
     def nb(self) -> int:
@@ -119,6 +121,8 @@ class Cum:
         B, a, c = L[: self.nb], L[self.nb], L[self.nb + 1]
         outer = jnp.einsum(f"{B}{a},{B}{c}->{B}{a}{c}", self.e, self.k)
         out = self.s() * jnp.cumsum(outer, axis=self.t)
+        if self.factor is not None:
+            out = out * self.factor
         return (out if self.base is None else self.base + out).astype(self.dtype)
 
 
@@ -142,6 +146,8 @@ def dual_query(cum: Cum, q, contract: str):
     n = cum.length
     scores = jnp.where(jnp.tril(jnp.ones((n, n), bool)), scores, jnp.zeros((), scores.dtype))
     out = cum.s() * jnp.einsum(f"{Bt}{i}{j},{Bj}{f}->{Bi}{f}", scores, e)
+    if cum.factor is not None:  # f[B.., i] (size 1 on the matrix axes) scales token i's sum
+        out = out * cum.factor[..., 0]
     if cum.base is not None:
         W = jnp.squeeze(cum.base, axis=t)
         spec = f"{Bt}{f}{v}" if contract == "c" else f"{Bt}{v}{f}"
@@ -158,6 +164,9 @@ def dual_token(cum: Cum, p: int):
     e = lax.slice_in_dim(cum.e, 0, p + 1, axis=t)
     k = lax.slice_in_dim(cum.k, 0, p + 1, axis=t)
     out = jnp.expand_dims(cum.s() * jnp.einsum(f"{B}{a},{B}{c}->{Bt}{a}{c}", e, k), t)
+    if cum.factor is not None:
+        f = cum.factor if cum.factor.shape[t] == 1 else lax.slice_in_dim(cum.factor, p, p + 1, axis=t)
+        out = out * f
     return (out if cum.base is None else cum.base + out).astype(cum.dtype)
 
 
@@ -239,10 +248,16 @@ class _Body:
 
     def mul(self, interp, eqn, invals):
         a, b = invals
+        shape = eqn.outvars[0].aval.shape
         for cum, f in ((a, b), (b, a)):
             if isinstance(cum, Cum) and not _symbolic(f) and jnp.ndim(f) == 0:
                 base = None if cum.base is None else cum.base * f
                 return [cum.replace(scale=(*cum.scale, f), base=base)]
+            if isinstance(cum, Cum) and cum.base is None and not _symbolic(f) and _per_element(jnp.shape(f), shape):
+                # a factor per token (or per batch element), constant over the matrix axes
+                f = jnp.reshape(f, (1,) * (len(shape) - jnp.ndim(f)) + tuple(jnp.shape(f)))
+                factor = f if cum.factor is None else cum.factor * f
+                return [cum.replace(factor=factor)]
         return self.fallback(interp, eqn, invals)
 
     def neg(self, interp, eqn, invals):
@@ -283,7 +298,8 @@ class _Body:
                 if isinstance(x, Outer):
                     return [Outer(e, k)]
                 base = None if x.base is None else jnp.transpose(x.base, perm)
-                return [x.replace(e=e, k=k, t=perm.index(x.t), base=base)]
+                factor = None if x.factor is None else jnp.transpose(x.factor, perm)
+                return [x.replace(e=e, k=k, t=perm.index(x.t), base=base, factor=factor)]
         return self.fallback(interp, eqn, invals)
 
     def slice(self, interp, eqn, invals):
@@ -317,6 +333,15 @@ class _Body:
 
 def _symbolic(v) -> bool:
     return isinstance(v, (Outer, Cum))
+
+
+def _per_element(shape, out_shape) -> bool:
+    """A (right-aligned, numpy-broadcast) operand of `out_shape` (rank nb + 2) with size 1 on the two matrix
+    axes: a factor per batch element (e.g. per token) that leaves each outer product a rank-one matrix."""
+    if len(shape) > len(out_shape) or len(out_shape) < 3:
+        return False
+    padded = (1,) * (len(out_shape) - len(shape)) + tuple(shape)
+    return padded[-2:] == (1, 1) and all(s in (1, o) for s, o in zip(padded, out_shape))
 
 
 def _constant_along(shape, out_shape, t: int) -> bool:

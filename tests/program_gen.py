@@ -18,8 +18,11 @@ Three layers of grammar:
 - layer specs (`LayerSpec`): a grammar learner or (1 in 8) the non-parametric Nadaraya-Watson
   learner (softmax attention), heads, d_h, n, steps, batching full/sgd/online with every valid chunk,
   init zero/learned, decoder LN, the inner optimizer and its learning-rate schedule, learned step
-  sizes (eta fixed / per head / per token), the paper's or the released code's parametrisation, and
-  learner arrays marked as outer parameters;
+  sizes (eta fixed / per head / per token), the paper's or the released code's parametrisation,
+  learner arrays marked as outer parameters (shared or one copy per head), and the follow-up paper's
+  options (`sequence_options`, `LayerSpec.chunk_factor`): a multi-view task, a per-position chunk factor,
+  sequence maps (shared key/query projection, causal convolution, rotary positions) and a readout with a
+  norm and a gate;
 - enclosing programs (`Program.kind`, `Program.wrapper`): a bare layer, stacked layers with residual
   MLPs, the project's ViT and causal LM at tiny sizes; the layer call wrapped in jax.jit,
   eqx.filter_jit, jax.checkpoint, lax.scan over stacked layers, lax.cond between two layers, or a
@@ -310,6 +313,13 @@ class LayerSpec:
     eta: str = "fixed"  # learned step size: fixed | per_head | per_token (tc.Inner(eta=...))
     released: bool = False  # the released code's parametrisation (tc.Reconstruction.released)
     token_chunk: int | None = None  # tc.Inner(token_chunk=...): not drawn here (tests/test_token_chunk.py sets it)
+    multiview: bool = False  # tc.MultiView task (label view theta_V, no decoder) instead of tc.Reconstruction
+    chunk_factor: str = "none"  # tc.Inner(chunk_factor=...) of an online loop: none | inverse | learned
+    shared_qk: bool = False  # tc.SequenceMaps(shared_qk=...)
+    conv_width: int | None = None  # tc.SequenceMaps(conv_width=...)
+    rope_period: int | None = None  # tc.SequenceMaps(rope_theta=..., rope_period=...); 0: absolute positions
+    readout: tuple = (False, False, True)  # tc.Readout(norm, gate, bias)
+    outer_per_head: bool = False  # TTTLayer(outer_per_head=...): one copy of the outer arrays per head
 
     @property
     def dim(self) -> int:
@@ -330,6 +340,7 @@ def _divisors(n):
 @st.composite
 def layer_specs(draw, n: int, heads_dh: tuple[int, int] | None = None, batching: str | None = None) -> LayerSpec:
     heads, dh = heads_dh if heads_dh is not None else draw(st.sampled_from(DIMS))
+    extras = draw(sequence_options(dh))
     if batching in (None, "full") and draw(st.integers(0, 7)) == 0:  # a non-parametric learner (1 in 8)
         return LayerSpec(
             heads=heads,
@@ -344,6 +355,7 @@ def layer_specs(draw, n: int, heads_dh: tuple[int, int] | None = None, batching:
             lr=1.0,
             ops=(NADARAYA_WATSON,),
             released=draw(st.sampled_from([False, True])),
+            **extras,
         )
     batching = batching or draw(st.sampled_from(["full", "sgd", "online"]))
     if batching == "sgd":
@@ -373,19 +385,50 @@ def layer_specs(draw, n: int, heads_dh: tuple[int, int] | None = None, batching:
         outer=outer,
         eta=draw(st.sampled_from(["fixed", "fixed", "per_head", "per_token"])),
         released=draw(st.sampled_from([False, False, True])),
+        chunk_factor=draw(st.sampled_from(["none", "none", "inverse", "learned"])) if batching == "online" else "none",
+        outer_per_head=bool(outer) and draw(st.booleans()),
+        **extras,
     )
+
+
+@st.composite
+def sequence_options(draw, dh: int) -> dict:
+    """The follow-up paper's options (ttt-lm-jax's TTT-Linear/MLP), each drawn for about one layer in three:
+    a MultiView task, SequenceMaps (one key/query projection, a causal convolution, rotary positions for an
+    even d_h, absolute or mod a period) and a Readout with a norm, a gate, no bias."""
+    out = {}
+    if draw(st.integers(0, 2)) == 0:
+        out["multiview"] = True
+    if draw(st.integers(0, 2)) == 0:
+        out["shared_qk"] = draw(st.booleans())
+        out["conv_width"] = draw(st.sampled_from([None, 1, 2, 3]))
+        if dh % 2 == 0:
+            out["rope_period"] = draw(st.sampled_from([None, 0, 2, 3]))
+    if draw(st.integers(0, 2)) == 0:
+        out["readout"] = (draw(st.booleans()), draw(st.booleans()), draw(st.booleans()))
+    return out
 
 
 def build_layer(spec: LayerSpec, key) -> tc.TTTLayer:
     """The TTT layer of `spec`; with init='zero' its learner is built with zeros (W0 = 0 is the spec)."""
     k_learner, k_layer = jax.random.split(key)
-    task = (
-        tc.Reconstruction.released(decoder_ln=spec.decoder_ln)
-        if spec.released
-        else tc.Reconstruction(decoder_ln=spec.decoder_ln)
+    if spec.multiview:
+        task = tc.MultiView(normalisation="released" if spec.released else "paper")
+    elif spec.released:
+        task = tc.Reconstruction.released(decoder_ln=spec.decoder_ln)
+    else:
+        task = tc.Reconstruction(decoder_ln=spec.decoder_ln)
+    maps = dict(
+        sequence=tc.SequenceMaps(
+            shared_qk=spec.shared_qk,
+            conv_width=spec.conv_width,
+            rope_theta=None if spec.rope_period is None else 50.0,
+            rope_period=spec.rope_period or None,
+        ),
+        readout=tc.Readout(*spec.readout),
     )
     if spec.ops == (NADARAYA_WATSON,):
-        return tc.TTTLayer(spec.dim, spec.heads, tc.learners.NadarayaWatson(), task=task, key=k_layer)
+        return _moved(tc.TTTLayer(spec.dim, spec.heads, tc.learners.NadarayaWatson(), task=task, key=k_layer, **maps))
     learner = Learner(spec.ops, spec.dh, k_learner, zero=spec.init == "zero", outer=spec.outer)
     inner = tc.Inner(
         steps=spec.steps,
@@ -394,9 +437,39 @@ def build_layer(spec: LayerSpec, key) -> tc.TTTLayer:
         eta=spec.eta,
         optimizer=make_optimizer(spec.optimizer, spec.schedule, spec.lr),
         token_chunk=spec.token_chunk,
+        chunk_factor=spec.chunk_factor,
     )
     outer = (lambda f: tuple(f.arrays[i] for i in spec.outer)) if spec.outer else None
-    return tc.TTTLayer(spec.dim, spec.heads, learner, init=spec.init, outer=outer, task=task, inner=inner, key=k_layer)
+    layer = tc.TTTLayer(
+        spec.dim,
+        spec.heads,
+        learner,
+        init=spec.init,
+        outer=outer,
+        outer_per_head=spec.outer_per_head,
+        task=task,
+        inner=inner,
+        key=k_layer,
+        **maps,
+    )
+    return _moved(layer)
+
+
+def _moved(layer: tc.TTTLayer) -> tc.TTTLayer:
+    """The new options' arrays that start at a neutral value (the convolution's identity taps and zero bias,
+    the chunk offset 0, the output norm's scale 1) moved off it, so that each term counts."""
+    rng = host_rng(jax.random.PRNGKey(layer.dim * 31 + layer.heads))
+    nudge = lambda a: a + jnp.asarray(0.2 * rng.standard_normal(a.shape), a.dtype)  # noqa: E731
+    for where in (
+        lambda m: m.conv_k,
+        lambda m: m.conv_q,
+        lambda m: m.chunk_offset,
+        lambda m: m.h.norm,
+    ):
+        part = where(layer)
+        if part is not None:
+            layer = eqx.tree_at(where, layer, jax.tree.map(nudge, part))
+    return layer
 
 
 # =========================================================================== enclosing programs

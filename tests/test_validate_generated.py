@@ -16,8 +16,10 @@ reassociates float64 arithmetic moves a quantity by about eps64/eps32 ~ 2e-9 of 
 tolerance is max(1e-9, 1e-6 * spread) (float64 programs; a program that itself computes in float32,
 like the ViT's LayerNorm statistics, gets 100 * spread, capped at 1e-3).  Where float32 loses a
 quantity entirely (spread > 1e-2: it no longer measures the conditioning), a finer probe rounds every
-float64 value to 40 significant bits (np_eval.in_bits) and the same margin applies to its spread.  A
-miscompile of any size above that is reported; an ill-conditioned program is not called a miscompile.
+float64 value to 40 significant bits (np_eval.in_bits) and the same margin applies to its spread; where
+that probe loses the quantity too (spread > 1e-2), float64 cannot resolve it (a diverging inner loop) and
+the program is rejected as ill-conditioned.  A miscompile of any size above that is reported; an
+ill-conditioned program is not called a miscompile.
 
 Parametrized over `passes.available()` (each pass alone), "random" (random orders and subsets with
 repeats and options) and "default".  The hypothesis seed is fixed (TTT_FUZZ_SEED to change it) and
@@ -235,6 +237,8 @@ def compare(got: dict, ref: Reference, mixed: bool, how: str) -> list[Mismatch]:
         tol = min(max(FLOOR, (MIXED if mixed else PURE_F64) * spread), CAP)
         if not err <= tol and spread > SATURATED:  # float32 lost q entirely: measure finer
             fine = rel(ref.ref40[q], ref64[q], floor)
+            if fine > SATURATED:  # 40 bits lost q too: float64 cannot resolve it (e.g. a diverging inner loop)
+                raise IllConditioned(f"{q}: rounding to {FINE_BITS} bits moves it by {fine:.3g}")
             tol = min(max(tol, PURE_F64_FINE * fine), CAP)
         if not err <= tol:
             bad.append(Mismatch(f"{how} {q}", err, tol, spread))

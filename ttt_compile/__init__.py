@@ -12,7 +12,7 @@ from .compiler import Compiled, compile
 from .cost import Cost
 from .ir.primitive import emitting, ttt_loop, ttt_loop_p
 from .layer import learners, spec
-from .layer.spec import Inner, Reconstruction, SpecError
+from .layer.spec import Inner, MultiView, Readout, Reconstruction, SequenceMaps, SpecError
 from .layer.ttt_layer import TTTLayer
 
 # The modules' old flat paths keep working (`from ttt_compile.learners import Linear`).
@@ -24,6 +24,9 @@ __all__ = [
     "validate",
     "Inner",
     "Reconstruction",
+    "MultiView",
+    "SequenceMaps",
+    "Readout",
     "SpecError",
     "learners",
     "passes",

@@ -370,6 +370,8 @@ SEQUENCE_LAYERS = (
     "mttt_mlp",
     "mttt_nested",
     "self_attention",
+    "ttt_linear",
+    "ttt_mlp",
 )
 
 

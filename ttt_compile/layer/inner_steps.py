@@ -245,6 +245,8 @@ def decoder_error(G, ln, c, d: dict):
     if "M" in d:
         M = d["M"]
         return (lambda z, v: M @ z.astype(M.dtype) - v), d["v"]
+    if "y" in d:  # a MultiView task: d/dz 1/2 ||z - y_i||^2
+        return (lambda z, y: z - y.astype(z.dtype)), d["y"]
     return (lambda z, x: jax.grad(lambda z: token_loss(decode(G, ln, z, c), x))(z)), d["x"]
 
 
@@ -252,7 +254,8 @@ def online_step(opt: optax.GradientTransformation, static, scale: float = 1.0, c
     """One causal chunk of b tokens starting from weights W:
     g_i = grad scale * w_i/2 ||g(f(k_i; W)) - x_i||^2,  W_i = W + update(sum_{j<=i} g_j),  y_i = f(q_i; W_i);
     the chunk hands W_b (and its optimizer state) to the next chunk.  g_i = (dz/dW)^T e_i, the error
-    e_i from `decoder_error` (closed form for a linear decoder)."""
+    e_i from `decoder_error` (closed form for a linear decoder, z - y_i for a MultiView task).  With the
+    chunk factors a (data "a", Inner.chunk_factor) token i's summed gradient is a_i sum_{j<=i} g_j."""
 
     def step(consts, carry, xt):
         (G, c, ln), d = step_data(consts, xt)
@@ -269,6 +272,9 @@ def online_step(opt: optax.GradientTransformation, static, scale: float = 1.0, c
 
         grads = jax.vmap(one, in_axes=(None, 0, 0, None if w is None else 0))(W, k, targets, w)
         cumulative = jax.tree.map(lambda g: jnp.cumsum(g, axis=0), grads)
+        if "a" in d:
+            a = d["a"]
+            cumulative = jax.tree.map(lambda g: g * a.reshape(-1, *(1,) * (g.ndim - 1)).astype(g.dtype), cumulative)
         updates, states = jax.vmap(opt.update, in_axes=(0, None, None))(cumulative, s, W)
         Ws = jax.tree.map(lambda w, u: w + u, W, updates)
         y = jax.vmap(lambda Wi, qi: eqx.combine(as_compute(Wi, compute), static)(qi))(Ws, q)

@@ -13,7 +13,7 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .host_init import normal, zeros
+from .host_init import layer_norm, normal, zeros
 
 
 class Linear(eqx.Module):
@@ -56,6 +56,41 @@ class MLP(eqx.Module):
         a = self.W1 @ z if self.b1 is None else self.W1 @ z + self.b1
         y = self.W2 @ jax.nn.gelu(a)
         return y if self.b2 is None else y + self.b2
+
+
+class ResidualLN(eqx.Module):
+    """f(z; W) = z + LN(body(z; W)): a residual learner whose output passes a LayerNorm (ttt-lm-jax's
+    TTT-Linear and TTT-MLP, Sun et al. 2024).  The LN's scale and offset are meant to be outer
+    parameters: build the layer with `outer=ResidualLN.outer` (and `outer_per_head=True` for one LN per
+    head, as ttt-lm-jax has), so that the fast weights are the body's arrays only.
+
+    `ResidualLN.linear(d)`: body W z + b (TTT-Linear);  `ResidualLN.mlp(d)`: body W2 gelu(W1 z + b1) + b2,
+    hidden 4 d (TTT-MLP)."""
+
+    body: eqx.Module
+    ln: eqx.nn.LayerNorm
+
+    def __init__(self, body: eqx.Module, dim: int, *, eps: float = 1e-6):
+        self.body = body
+        self.ln = layer_norm(dim, eps=eps)
+
+    def __call__(self, z: Float[Array, " d"]) -> Float[Array, " d"]:
+        return z + self.ln(self.body(z))
+
+    @staticmethod
+    def outer(f: ResidualLN):
+        """The LN: `TTTLayer(..., outer=ResidualLN.outer)` makes it an outer parameter."""
+        return f.ln
+
+    @classmethod
+    def linear(cls, dim: int, *, key: PRNGKeyArray | None = None, eps: float = 1e-6) -> ResidualLN:
+        """f(z) = z + LN(W z + b) (TTT-Linear); W = 0 without a key (for init='zero')."""
+        return cls(Linear(dim, bias=True, key=key), dim, eps=eps)
+
+    @classmethod
+    def mlp(cls, dim: int, *, key: PRNGKeyArray, hidden: int | None = None, eps: float = 1e-6) -> ResidualLN:
+        """f(z) = z + LN(W2 gelu(W1 z + b1) + b2), hidden 4 d by default (TTT-MLP)."""
+        return cls(MLP(dim, hidden=hidden, key=key), dim, eps=eps)
 
 
 class NonParametric(eqx.Module):

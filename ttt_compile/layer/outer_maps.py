@@ -8,9 +8,10 @@ import math
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from .host_init import layer_norm, normal, zeros
+from .host_init import default_float, layer_norm, normal, zeros
 
 
 class Project(eqx.Module):
@@ -75,7 +76,10 @@ class Decoder(eqx.Module):
 def decode(
     G: Float[Array, "d dh"], ln, z: Float[Array, " dh"], c: Float[Array, " d"] | None = None
 ) -> Float[Array, " d"]:
-    """One head's decoder g_k(z) = G_k z (+ c)  (then LN if the task asks for it)."""
+    """One head's decoder g_k(z) = G_k z (+ c)  (then LN if the task asks for it); G None: no decoder
+    (a MultiView task compares f's output with its label view directly), g(z) = z."""
+    if G is None:
+        return z
     y = G @ z
     if c is not None:
         y = y + c
@@ -102,19 +106,84 @@ class StepSize(eqx.Module):
         return self.eta_base * jax.nn.sigmoid(jnp.einsum("hd,nd->hn", self.theta, x) + self.bias[:, None])
 
 
+class CausalConv(eqx.Module):
+    """A causal depthwise convolution over the sequence, per channel c of the (n, heads, d_h) keys or queries:
+
+        u'_t[c] = sum_{s=0}^{w-1} kernel[s, c] u_{t-w+1+s}[c] + bias[c]      (u_t = 0 for t < 0)
+
+    Token t reads tokens t-w+1..t only, so an online layer stays causal."""
+
+    kernel: Float[Array, "w heads dh"]
+    bias: Float[Array, "heads dh"]
+
+    def __init__(self, width: int, heads: int, dh: int):
+        # starts as the identity (the last tap 1): the convolution is learned from there
+        kernel = np.zeros((width, heads, dh), default_float())
+        kernel[-1] = 1.0
+        self.kernel = jax.device_put(kernel)
+        self.bias = zeros((heads, dh))
+
+    def __call__(self, u: Float[Array, "n heads dh"]) -> Float[Array, "n heads dh"]:
+        w, n = self.kernel.shape[0], u.shape[0]
+        padded = jnp.concatenate([jnp.zeros((w - 1, *u.shape[1:]), u.dtype), u])
+        out = sum(self.kernel[s] * jax.lax.slice_in_dim(padded, s, s + n) for s in range(w))
+        return out + self.bias
+
+
+def rotary(u: Float[Array, "n heads dh"], theta: float, period: int | None) -> Float[Array, "n heads dh"]:
+    """Rotary position embedding: each pair (u[2i], u[2i+1]) of a head's d_h dims rotated by the angle
+    p * theta^(-2i/d_h) at position p = t (or t mod period).  The angles are host constants."""
+    n, dh = u.shape[0], u.shape[-1]
+    if dh % 2:
+        raise ValueError(f"rotary position embedding needs an even head dimension d_h, got {dh}")
+    pos = np.arange(n) if period is None else np.arange(n) % period
+    freqs = 1.0 / theta ** (np.arange(0, dh, 2)[: dh // 2] / dh)
+    angle = np.outer(pos, freqs)  # (n, dh/2)
+    dtype = u.dtype
+    cos, sin = jnp.asarray(np.cos(angle)[:, None, :], dtype), jnp.asarray(np.sin(angle)[:, None, :], dtype)
+    even, odd = u[..., 0::2], u[..., 1::2]
+    return jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1).reshape(u.shape)
+
+
 class Output(eqx.Module):
-    """h: (heads, d_h) -> (d,), h(o) = sum_k O_k o_k + b  (the released code's output bias is b)."""
+    """h: (heads, d_h) -> (d,), h(o) = sum_k O_k o_k + b  (the released code's output bias is b).
+
+    With `Readout(norm=True)` the heads' outputs are first layer-normalised together (over all H d_h
+    dims), with `Readout(gate=True)` multiplied by gelu(W_g x) of the layer's input token x, and with
+    `Readout(bias=False)` there is no b:  h(o, x) = O (gelu(W_g x) * LN(o)) + b."""
 
     weight: Float[Array, "d heads dh"]
-    bias: Float[Array, " d"]
+    bias: Float[Array, " d"] | None
+    norm: eqx.nn.LayerNorm | None
+    gate: Float[Array, "d d"] | None
 
-    def __init__(self, dim: int, heads: int, *, key: PRNGKeyArray):
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        *,
+        key: PRNGKeyArray,
+        norm: bool = False,
+        gate: bool = False,
+        bias: bool = True,
+        norm_eps: float = 1e-6,
+    ):
         self.weight = normal(key, (dim, heads, dim // heads), 1 / math.sqrt(dim))
-        self.bias = zeros((dim,))
+        self.bias = zeros((dim,)) if bias else None
+        self.norm = layer_norm(dim, eps=norm_eps) if norm else None
+        self.gate = normal(jax.random.fold_in(key, 1), (dim, dim), 1 / math.sqrt(dim)) if gate else None
 
-    def __call__(self, o: Float[Array, "heads dh"]) -> Float[Array, " d"]:
-        return jnp.einsum("dhk,hk->d", self.weight, o) + self.bias
+    def __call__(self, o: Float[Array, "heads dh"], x: Float[Array, " d"] | None = None) -> Float[Array, " d"]:
+        return self.tokens(o[None], None if x is None else x[None])[0]
 
-    def tokens(self, o: Float[Array, "n heads dh"]) -> Float[Array, "n d"]:
-        """The map applied to every token (one matmul)."""
-        return jnp.einsum("dhk,nhk->nd", self.weight, o) + self.bias
+    def tokens(self, o: Float[Array, "n heads dh"], x: Float[Array, "n d"] | None = None) -> Float[Array, "n d"]:
+        """The map applied to every token (one matmul); `x` (the layer's input) is needed with a gate."""
+        if self.norm is not None:
+            n, heads, dh = o.shape
+            o = jax.vmap(self.norm)(o.reshape(n, heads * dh)).reshape(n, heads, dh)
+        if self.gate is not None:
+            if x is None:
+                raise ValueError("a gated output map h(o, x) needs the layer's input tokens x")
+            o = jax.nn.gelu(x @ self.gate.T).reshape(o.shape) * o
+        out = jnp.einsum("dhk,nhk->nd", self.weight, o)
+        return out if self.bias is None else out + self.bias

@@ -15,6 +15,7 @@ Batching = Literal["full", "sgd", "online"]
 Init = Literal["zero", "learned"]
 Normalisation = Literal["paper", "released"]
 StepSizeKind = Literal["fixed", "per_head", "per_token"]
+ChunkFactor = Literal["none", "inverse", "learned"]
 InnerDtype = Literal["float32", "bfloat16", "mixed"]
 #: Inner.dtype -> (dtype of the fast weights W, their gradients and updates; dtype of the inner
 #: loop's matmul operands: W as the learner sees it, keys, queries, tokens, the decoder g).
@@ -92,6 +93,98 @@ class Reconstruction:
 
 
 @dataclasses.dataclass(frozen=True)
+class MultiView:
+    """A multi-view task (Sun et al. 2024, TTT-Linear/MLP): three views of each token, no decoder.
+
+        l(W; X) = c/(2n) sum_i eta_i || f(theta_K x_i; W) - theta_V x_i ||^2,   out_j = h(f(theta_Q x_j; W_T))
+
+    theta_K (the training view) is the layer's `phi`, theta_Q (the test view) its `psi` and theta_V
+    (the label view) its `target`, each a per-head projection d -> d_h; the layer has no decoder
+    (`g` is None).  `normalisation`: "paper" (c = 1) or "released" (c = 1/d_h, as both released codes,
+    test-time-training/mttt and ttt-lm-jax, divide the step by d_h).
+    """
+
+    normalisation: Normalisation = "paper"
+
+    def __post_init__(self):
+        if self.normalisation not in ("paper", "released"):
+            raise SpecError(
+                f"MultiView.normalisation must be 'paper' (c = 1) or 'released' (c = 1/d_h), got {self.normalisation!r}"
+            )
+
+    def scale(self, dh: int) -> float:
+        """c in l = c/(2n) sum_i ||.||^2: 1 (paper) or 1/d_h (released)."""
+        return 1.0 if self.normalisation == "paper" else 1.0 / dh
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceMaps:
+    """Outer maps of keys and queries that see the sequence and the positions (applied in this order):
+
+    shared_qk    one projection for keys and queries, theta_K = theta_Q = phi (ttt-lm-jax's `wq`); the
+                 convolutions below still differ (`psi` is None)
+    conv_width   w: a causal depthwise convolution over the sequence after the projection, one for the
+                 keys and one for the queries, each with its own kernel and bias per channel:
+                 u'_t = sum_{s=0}^{w-1} c_s * u_{t-w+1+s} + beta  (u_t = 0 for t < 0); None: none
+    rope_theta   rotary position embedding on keys and queries per head (pairs of dims (2i, 2i+1) rotated
+                 by p * rope_theta^(-2i/d_h) at position p); None: none
+    rope_period  positions are taken mod this period (ttt-lm-jax: its mini-batch size b, so each chunk
+                 sees positions 0..b-1); None: absolute positions 0..n-1
+    """
+
+    shared_qk: bool = False
+    conv_width: int | None = None
+    rope_theta: float | None = None
+    rope_period: int | None = None
+
+    def __post_init__(self):
+        if not isinstance(self.shared_qk, bool):
+            raise SpecError(f"SequenceMaps.shared_qk must be a bool, got {self.shared_qk!r}")
+        if self.conv_width is not None and (
+            not isinstance(self.conv_width, int) or isinstance(self.conv_width, bool) or self.conv_width < 1
+        ):
+            raise SpecError(f"SequenceMaps.conv_width must be None or a positive int, got {self.conv_width!r}")
+        if self.rope_theta is not None and (
+            not isinstance(self.rope_theta, (int, float))
+            or isinstance(self.rope_theta, bool)
+            or not self.rope_theta > 0
+        ):
+            raise SpecError(f"SequenceMaps.rope_theta must be None or a positive float, got {self.rope_theta!r}")
+        if self.rope_period is not None:
+            if not isinstance(self.rope_period, int) or isinstance(self.rope_period, bool) or self.rope_period < 1:
+                raise SpecError(f"SequenceMaps.rope_period must be None or a positive int, got {self.rope_period!r}")
+            if self.rope_theta is None:
+                raise SpecError("SequenceMaps.rope_period needs rope_theta (there is no rotary embedding without it)")
+
+    @property
+    def causal(self) -> bool:
+        """Whether these maps keep the layer causal (they do: the convolution reads only the past)."""
+        return True
+
+
+@dataclasses.dataclass(frozen=True)
+class Readout:
+    """The output map h after the inner loop, o_j = [f(psi_k(x_j); W_T)]_k concatenated over the heads:
+
+        h(o_j, x_j) = O (gate(x_j) * norm(o_j)) + b,   norm = LayerNorm over the H d_h dims (if `norm`),
+                      gate(x) = gelu(W_g x) (if `gate`; gelu's tanh form), b the output bias (if `bias`).
+
+    The default (no norm, no gate, a bias) is the paper's h(o) = sum_k O_k o_k + b."""
+
+    norm: bool = False
+    gate: bool = False
+    bias: bool = True
+    norm_eps: float = 1e-6
+
+    def __post_init__(self):
+        for name in ("norm", "gate", "bias"):
+            if not isinstance(getattr(self, name), bool):
+                raise SpecError(f"Readout.{name} must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.norm_eps, (int, float)) or isinstance(self.norm_eps, bool) or not self.norm_eps > 0:
+            raise SpecError(f"Readout.norm_eps must be a positive float, got {self.norm_eps!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class Inner:
     """How the fast weights W learn at test time.
 
@@ -114,6 +207,11 @@ class Inner:
                weights, their gradients, optimizer state and updates, and every matmul in bf16;
                "mixed": fast weights, gradients, optimizer state and updates in f32, the learner's
                and decoder's matmuls on bf16 copies (W cast to bf16 where it is used).
+    chunk_factor  for batching="online": a per-position factor inside each chunk.  Token i (1-based within
+               its chunk of b) reads W + update(a_i sum_{j<=i} grad l_j) and the chunk hands on
+               W + update(a_b sum_j grad l_j):  "none": a_i = 1;  "inverse": a_i = 1/i;  "learned":
+               a_i = max(1/i + o_i, 0) with a learned offset o (an outer parameter of the layer, `chunk_offset`,
+               starting at 0; ttt-lm-jax's `learnable_token_idx`).
     token_chunk  c for batching "full"/"sgd": each step's loss sum_i l_i and the queries' outputs
                f(q_j; W_T) are evaluated c tokens at a time, each chunk rematerialised
                (jax.checkpoint under lax.scan/lax.map), so the outer backward pass stores per chunk
@@ -129,6 +227,7 @@ class Inner:
     eta_base: float = 1.0
     dtype: InnerDtype | None = None
     token_chunk: int | None = None
+    chunk_factor: ChunkFactor = "none"
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
@@ -155,6 +254,13 @@ class Inner:
                 "Inner.token_chunk is for batching 'full' or 'sgd'; an online loop already runs in "
                 "chunks of Inner.chunk tokens"
             )
+        if self.chunk_factor not in ("none", "inverse", "learned"):
+            raise SpecError(f"Inner.chunk_factor must be 'none', 'inverse' or 'learned', got {self.chunk_factor!r}")
+        if self.chunk_factor != "none" and self.batching != "online":
+            raise SpecError(
+                f"Inner.chunk_factor={self.chunk_factor!r} weighs the tokens of an online chunk; it needs "
+                "batching='online'"
+            )
         if self.dtype is not None and self.dtype not in INNER_DTYPES:
             raise SpecError(f"Inner.dtype must be None, {', '.join(map(repr, INNER_DTYPES))}, got {self.dtype!r}")
 
@@ -169,6 +275,7 @@ class Inner:
                 self.eta_base,
                 self.dtype,
                 self.token_chunk,
+                self.chunk_factor,
             )
         )
 

@@ -25,11 +25,12 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ttt_compile.ir.primitive import ttt_loop
 
-from .host_init import nonzero_paths, stack_copies
+from .host_init import nonzero_paths, stack_copies, zeros
 from .inner_steps import (
     as_compute,
     batch_step,
@@ -42,8 +43,8 @@ from .inner_steps import (
     token_loss,
 )
 from .learners import NonParametric
-from .outer_maps import Decoder, Output, Project, StepSize, decode
-from .spec import Inner, Reconstruction, SpecError
+from .outer_maps import CausalConv, Decoder, Output, Project, StepSize, decode, rotary
+from .spec import Inner, MultiView, Readout, Reconstruction, SequenceMaps, SpecError
 
 _LENGTHS: list[list[tuple[int, int]]] = []  # open `recording_lengths` recorders, innermost last
 
@@ -112,20 +113,33 @@ def check_tokens(x: Any, dim: int, what: str = "x") -> None:
 
 # --------------------------------------------------------------------------- the layer
 class TTTLayer(eqx.Module):
-    """A multi-head TTT layer: H independent inner loops with fast weights W, outer maps phi, psi, g, h."""
+    """A multi-head TTT layer: H independent inner loops with fast weights W, outer maps phi, psi, g, h.
+
+    With `task=MultiView()` the label view is `target` and there is no decoder (g is None); with
+    `SequenceMaps(shared_qk=True)` keys and queries share `phi` (psi is None); `conv_k`/`conv_q` are the
+    causal convolutions of `SequenceMaps(conv_width=...)`, `chunk_offset` the learned offset of
+    `Inner(chunk_factor="learned")`."""
 
     phi: Project
-    psi: Project
-    g: Decoder
+    psi: Project | None
+    g: Decoder | None
     h: Output
     W0: Any  # stacked over heads (init="learned"), else None
     eta: StepSize | None  # the learned inner step size (Inner.eta != "fixed"), else None
+    target: Project | None  # theta_V of a MultiView task, else None
+    conv_k: CausalConv | None
+    conv_q: CausalConv | None
+    chunk_offset: Float[Array, " b"] | None
     dim: int = eqx.field(static=True)
     heads: int = eqx.field(static=True)
     init: str = eqx.field(static=True)
     inner: Inner = eqx.field(static=True)
-    task: Reconstruction = eqx.field(static=True)
-    learner_outer: Any  # the learner's arrays marked `outer` (trained by the outer loop), or None
+    task: Reconstruction | MultiView = eqx.field(static=True)
+    sequence: SequenceMaps = eqx.field(static=True)
+    readout: Readout = eqx.field(static=True)
+    outer_per_head: bool = eqx.field(static=True)
+    learner_outer: Any  # the learner's arrays marked `outer` (trained by the outer loop; stacked over heads
+    # with outer_per_head), or None
     learner: Any = eqx.field(static=True)  # the learner's non-array part (eqx.partition)
     fast_shape: Any = eqx.field(static=True)  # one head's fast weights as ShapeDtypeStructs
     nonparametric: bool = eqx.field(static=True)
@@ -137,14 +151,19 @@ class TTTLayer(eqx.Module):
         learner: eqx.Module,
         *,
         init: str = "zero",
-        task: Reconstruction = Reconstruction(),
+        task: Reconstruction | MultiView = Reconstruction(),
         inner: Inner = Inner(),
         outer: Callable[[eqx.Module], Any] | None = None,
+        outer_per_head: bool = False,
+        sequence: SequenceMaps = SequenceMaps(),
+        readout: Readout = Readout(),
         key: PRNGKeyArray,
     ):
         """`outer`, optional, selects parts of the learner (as `eqx.tree_at`'s `where` does, e.g.
         `outer=lambda f: (f.ln, f.gate)`) whose arrays are outer parameters: trained by the outer loop,
-        held fixed by the inner one, shared by the heads.  Every other float array is a fast weight."""
+        held fixed by the inner one, shared by the heads (one copy per head with `outer_per_head=True`).
+        Every other float array is a fast weight.  `sequence` (SequenceMaps) adds a causal convolution
+        and rotary positions to keys and queries, `readout` (Readout) a norm and a gate to h."""
         if not isinstance(dim, int) or not isinstance(heads, int) or dim < 1 or heads < 1:
             raise SpecError(f"TTTLayer: dim and heads must be positive ints, got dim={dim!r}, heads={heads!r}")
         if dim % heads:
@@ -154,13 +173,28 @@ class TTTLayer(eqx.Module):
             )
         if init not in ("zero", "learned"):
             raise SpecError(f"TTTLayer.init must be 'zero' or 'learned', got {init!r}")
-        if not isinstance(task, Reconstruction):
-            raise SpecError(f"TTTLayer.task must be tc.Reconstruction(...), got {type(task).__name__}")
+        if not isinstance(task, (Reconstruction, MultiView)):
+            raise SpecError(
+                f"TTTLayer.task must be tc.Reconstruction(...) or tc.MultiView(...), got {type(task).__name__}"
+            )
+        if not isinstance(sequence, SequenceMaps):
+            raise SpecError(f"TTTLayer.sequence must be tc.SequenceMaps(...), got {type(sequence).__name__}")
+        if not isinstance(readout, Readout):
+            raise SpecError(f"TTTLayer.readout must be tc.Readout(...), got {type(readout).__name__}")
+        if not isinstance(outer_per_head, bool):
+            raise SpecError(f"TTTLayer.outer_per_head must be a bool, got {outer_per_head!r}")
+        if outer_per_head and outer is None:
+            raise SpecError("TTTLayer.outer_per_head=True needs `outer` (which learner arrays are outer parameters)")
+        if sequence.rope_theta is not None and (dim // heads) % 2:
+            raise SpecError(
+                f"SequenceMaps.rope_theta rotates pairs of dims, so d_h = dim/heads must be even; got d_h={dim // heads}"
+            )
         if not isinstance(inner, Inner):
             raise SpecError(f"TTTLayer.inner must be tc.Inner(...), got {type(inner).__name__}")
         if not isinstance(learner, eqx.Module):
             raise SpecError(f"TTTLayer.learner must be an equinox Module, got {type(learner).__name__}")
         self.dim, self.heads, self.init, self.inner, self.task = dim, heads, init, inner, task
+        self.sequence, self.readout, self.outer_per_head = sequence, readout, False  # set once stacked, below
         dh = dim // heads
         self.nonparametric = isinstance(learner, NonParametric)
         if self.nonparametric:
@@ -193,6 +227,9 @@ class TTTLayer(eqx.Module):
                     "or build the learner with zero arrays"
                 )
             self.fast_shape = jax.eval_shape(lambda: params)
+            if outer_per_head:
+                self.learner_outer = jax.tree.map(lambda a: stack_copies(a, heads), self.learner_outer)
+                self.outer_per_head = True
             self.W0 = jax.tree.map(lambda a: stack_copies(a, heads), params) if init == "learned" else None
         if self.nonparametric and inner.dtype is not None:
             raise SpecError(
@@ -206,18 +243,29 @@ class TTTLayer(eqx.Module):
                 f"{type(learner).__name__}"
             )
         kp, kq, kg, kh = jax.random.split(key, 4)
-        self.phi = Project(dim, heads, bias=task.bias, key=kp)
-        self.psi = Project(dim, heads, bias=task.bias, key=kq)
-        self.g = Decoder(
-            dim,
-            heads,
-            decoder_ln=task.decoder_ln,
-            bias=task.bias,
-            ln_per_head=task.ln_per_head,
-            ln_eps=task.ln_eps,
-            key=kg,
+        bias = isinstance(task, Reconstruction) and task.bias
+        self.phi = Project(dim, heads, bias=bias, key=kp)
+        self.psi = None if sequence.shared_qk else Project(dim, heads, bias=bias, key=kq)
+        if isinstance(task, MultiView):
+            self.g, self.target = None, Project(dim, heads, key=kg)
+        else:
+            self.target = None
+            self.g = Decoder(
+                dim,
+                heads,
+                decoder_ln=task.decoder_ln,
+                bias=task.bias,
+                ln_per_head=task.ln_per_head,
+                ln_eps=task.ln_eps,
+                key=kg,
+            )
+        self.h = Output(
+            dim, heads, key=kh, norm=readout.norm, gate=readout.gate, bias=readout.bias, norm_eps=readout.norm_eps
         )
-        self.h = Output(dim, heads, key=kh)
+        w = sequence.conv_width
+        self.conv_k = None if w is None else CausalConv(w, heads, dim // heads)
+        self.conv_q = None if w is None else CausalConv(w, heads, dim // heads)
+        self.chunk_offset = zeros((inner.chunk,)) if inner.chunk_factor == "learned" else None
         self.eta = (
             None
             if inner.eta == "fixed"
@@ -227,36 +275,77 @@ class TTTLayer(eqx.Module):
     # ----------------------------------------------------------------- public
     def __call__(self, x: Float[Array, "n d"]) -> Float[Array, "n d"]:
         check_tokens(x, self.dim)
-        k, q = self.phi.tokens(x), self.psi.tokens(x)  # (n, H, d_h)
+        k, q = self.keys_queries(x)  # (n, H, d_h)
         head = self._nonparametric_head if self.nonparametric else self._parametric_head
         dec, dec_axes = self.decoders()
         w = None if self.eta is None else self.eta(x)  # (H,) or (H, n)
-        o = jax.vmap(head, in_axes=(0, dec_axes, None if w is None else 0, 1, 1, None), out_axes=1)(
-            self._W0(), dec, w, k, q, x
+        t, t_axis = self.targets(x)
+        outer, outer_axis = self._outer()
+        o = jax.vmap(head, in_axes=(0, dec_axes, None if w is None else 0, 1, 1, t_axis, outer_axis), out_axes=1)(
+            self._W0(), dec, w, k, q, t, outer
         )  # (n, H, d_h)
-        return self.h.tokens(o.astype(x.dtype))
+        return self.h.tokens(o.astype(x.dtype), x)
+
+    @property
+    def multiview(self) -> bool:
+        """Whether the task is a MultiView one (label view `target`, no decoder)."""
+        return isinstance(self.task, MultiView)
+
+    def keys_queries(self, x: Float[Array, "n d"]) -> tuple[Float[Array, "n heads dh"], Float[Array, "n heads dh"]]:
+        """(k, q) of every token: phi(x), psi(x) per head, then the SequenceMaps (causal convolution, rotary
+        positions) when the layer has them."""
+        k = self.phi.tokens(x)
+        q = k if self.psi is None else self.psi.tokens(x)
+        if self.conv_k is not None:
+            k, q = self.conv_k(k), self.conv_q(q)
+        if self.sequence.rope_theta is not None:
+            theta, period = self.sequence.rope_theta, self.sequence.rope_period
+            k, q = rotary(k, theta, period), rotary(q, theta, period)
+        return k, q
+
+    def targets(self, x: Float[Array, "n d"]):
+        """What each head reconstructs and vmap's in_axes for it: the tokens x (shared by the heads) for a
+        Reconstruction task, the label view theta_V x (n, H, d_h) for a MultiView one."""
+        return (self.target.tokens(x), 1) if self.multiview else (x, None)
+
+    def chunk_factors(self) -> Float[Array, " b"] | None:
+        """a_1..a_b of Inner.chunk_factor (None for "none"): 1/i, or max(1/i + chunk_offset_i, 0)."""
+        if self.inner.chunk_factor == "none":
+            return None
+        inverse = 1.0 / np.arange(1, self.inner.chunk + 1)
+        if self.chunk_offset is None:
+            return jnp.asarray(inverse, jnp.result_type(float))
+        return jnp.maximum(jnp.asarray(inverse, self.chunk_offset.dtype) + self.chunk_offset, 0.0)
+
+    def _outer(self):
+        """The learner's outer arrays and vmap's in_axes for them over the heads."""
+        return self.learner_outer, (0 if self.outer_per_head else None)
 
     def inner_losses(self, x: Float[Array, "n d"]) -> Float[Array, "heads steps_plus_1"]:
         """l_k(W_t; X) for t = 0..T (before the first step and after each), per head: Figure 1 right."""
         check_tokens(x, self.dim)
         if self.nonparametric or self.inner.batching == "online":
             raise SpecError("inner_losses needs a parametric learner with batching 'full' or 'sgd'")
-        k = self.phi.tokens(x)
+        k, _ = self.keys_queries(x)
         dec, dec_axes = self.decoders()
         w = None if self.eta is None else self.eta(x)
+        t, t_axis = self.targets(x)
+        outer, outer_axis = self._outer()
         scale = self.loss_scale
 
-        def per_head(W0, dec, w, k):
-            W0, dec, w, k, _, xc = self._in_inner_dtype(W0, dec, w, k, k, x)
+        def per_head(W0, dec, w, k, t, outer):
+            W0, dec, w, k, _, xc = self._in_inner_dtype(W0, dec, w, k, k, t)
             G, c, ln = dec
-            Ws = self._weights_sequence(W0, dec, w, k, xc)
+            Ws = self._weights_sequence(W0, dec, w, k, xc, outer)
             compute = self._compute()
-            static = as_compute(self.inner_model(), compute)
+            static = as_compute(self.inner_model(outer), compute)
             return jax.vmap(
                 lambda W: reconstruction_loss(as_compute(W, compute), static, G, ln, k, xc, c, scale=scale)
             )(Ws)
 
-        return jax.vmap(per_head, in_axes=(0, dec_axes, None if w is None else 0, 1))(self._W0(), dec, w, k)
+        return jax.vmap(per_head, in_axes=(0, dec_axes, None if w is None else 0, 1, t_axis, outer_axis))(
+            self._W0(), dec, w, k, t, outer
+        )
 
     @property
     def loss_scale(self) -> float:
@@ -285,13 +374,25 @@ class TTTLayer(eqx.Module):
         object.__setattr__(new, "inner", inner)
         return new
 
-    def inner_model(self):
-        """The learner without its fast weights: `eqx.combine(W, layer.inner_model())` is f(.; W)."""
-        return eqx.combine(self.learner_outer, self.learner) if self.learner_outer is not None else self.learner
+    def inner_model(self, outer=None):
+        """The learner without its fast weights: `eqx.combine(W, layer.inner_model())` is f(.; W).  With
+        `outer_per_head`, pass one head's outer arrays (`outer`, a slice of `learner_outer`)."""
+        outer = self.learner_outer if outer is None else outer
+        if outer is None:
+            return self.learner
+        if self.outer_per_head and outer is self.learner_outer:
+            raise SpecError(
+                "TTTLayer.inner_model: this layer has one copy of the learner's outer arrays per head "
+                "(outer_per_head=True); pass one head's, e.g. jax.tree.map(lambda a: a[k], layer.learner_outer)"
+            )
+        return eqx.combine(outer, self.learner)
 
     # ----------------------------------------------------------------- inner loop, one head
     def decoders(self):
-        """Each head's decoder (G_k, c, LN_k) and vmap's in_axes for it over the heads."""
+        """Each head's decoder (G_k, c, LN_k) and vmap's in_axes for it over the heads ((None, None, None)
+        for a MultiView task, which has no decoder)."""
+        if self.g is None:
+            return (None, None, None), (None, None, None)
         return (self.g.weight, self.g.bias, self.g.ln), (0, None, self.g.ln_axis)
 
     def _W0(self):
@@ -301,21 +402,27 @@ class TTTLayer(eqx.Module):
             return self.W0
         return jax.tree.map(lambda s: jnp.zeros((self.heads, *s.shape), s.dtype), self.fast_shape)
 
-    def _nonparametric_head(self, _, dec, w, k, q, x):
+    def _nonparametric_head(self, _, dec, w, k, q, x, outer=None):
         G, c, ln = dec
         scale = self.loss_scale
+        if G is None:  # MultiView: -grad_z scale/2 ||z - y||^2 at z = 0 is scale * y
+            state = self.learner.fit(k, scale * x)
+            return jax.vmap(lambda qj: self.learner.predict(state, qj))(q)
         labels = jax.vmap(
             lambda xi: -jax.grad(lambda z: scale * token_loss(decode(G, ln, z, c), xi))(jnp.zeros(k.shape[-1], x.dtype))
         )(x)
         state = self.learner.fit(k, labels)
         return jax.vmap(lambda qj: self.learner.predict(state, qj))(q)
 
-    def _loop_inputs(self, dec, w, k, x, q=None, v=None):
+    def _loop_inputs(self, dec, w, k, x, q=None, v=None, y=None):
         """(consts, xs) of one head's ttt_loop: the decoder and the data every step reads (consts), and
         the data split into the loop's blocks (xs; None for batching="full").  See inner_steps; `v`
-        (the linear decoder's G^T (x - c)) stands in for x when given."""
+        (the linear decoder's G^T (x - c)) stands in for x when given, `y` (a MultiView task's label view,
+        with no decoder) too; the online chunk factors a_i (`chunk_factors`) are a constant "a"."""
         steps, b = self.inner.blocks(k.shape[0])
-        if q is None and v is None and self._folds_decoder():
+        if y is not None:
+            data = {"k": k, "y": y, "q": q}
+        elif q is None and v is None and self._folds_decoder():
             dec, maps = fold_decoder(*dec)
             if self.inner.token_chunk is None:
                 data = {"k": k, **fold_targets(maps, x)}
@@ -331,6 +438,9 @@ class TTTLayer(eqx.Module):
             return (dec, data), None
         split = {name: a for name, a in data.items() if a.ndim}  # per-token arrays are split
         shared = {name: a for name, a in data.items() if not a.ndim}  # a per-head eta is not
+        a = self.chunk_factors() if self.inner.batching == "online" else None
+        if a is not None:
+            shared["a"] = a.astype(k.dtype)
         return (dec, shared), {name: a.reshape(steps, b, *a.shape[1:]) for name, a in split.items()}
 
     def _folds_decoder(self) -> bool:
@@ -338,6 +448,8 @@ class TTTLayer(eqx.Module):
         the inner loop computes in float32 or wider; with bfloat16 matmuls (Inner.dtype "bfloat16"/"mixed")
         the folded sums would lose the residual to cancellation, so every token is decoded."""
         compute = self._compute()
+        if self.multiview:  # no decoder to fold
+            return False
         return self.task.loss_form == "gram" and (compute is None or jnp.finfo(compute).bits >= 32)
 
     def _compute(self):
@@ -353,17 +465,19 @@ class TTTLayer(eqx.Module):
         weights, compute = map(jnp.dtype, dtypes)
         return (as_compute(W0, weights), *as_compute((dec, w, k, q, x), compute))
 
-    def _parametric_head(self, W0, dec, w, k, q, x):
+    def _parametric_head(self, W0, dec, w, k, q, x, outer=None):
         W0, dec, w, k, q, x = self._in_inner_dtype(W0, dec, w, k, q, x)
         n = x.shape[0]
         steps, _ = self.inner.blocks(n)
         compute = self._compute()
-        opt, static, scale = self.inner.optimizer, as_compute(self.inner_model(), compute), self.loss_scale
+        opt, static, scale = self.inner.optimizer, as_compute(self.inner_model(outer), compute), self.loss_scale
         carry = (W0, opt.init(W0))
         nw = len(jax.tree_util.tree_leaves(W0))
         if self.inner.batching == "online":
             G, c, ln = dec
-            if ln is None:  # linear decoder: M and v_i = G^T (x_i - c) for all tokens at once
+            if self.multiview:  # the label view y = theta_V x: error z - y
+                consts, xs = self._loop_inputs(dec, w, k, None, q, y=x)
+            elif ln is None:  # linear decoder: M and v_i = G^T (x_i - c) for all tokens at once
                 M, v = linear_decoder_terms(G, c, x)
                 consts, xs = self._loop_inputs(dec, w, k, None, q, v=v)
                 consts = (consts[0], {**consts[1], "M": M})
@@ -409,12 +523,12 @@ class TTTLayer(eqx.Module):
             )
         return c
 
-    def _weights_sequence(self, W0, dec, w, k, x):
+    def _weights_sequence(self, W0, dec, w, k, x, outer=None):
         """W_0..W_T of one head (reference path only, inputs already in the inner dtype), stacked on a
         leading axis."""
         steps, _ = self.inner.blocks(x.shape[0])
         compute = self._compute()
-        opt, static = self.inner.optimizer, as_compute(self.inner_model(), compute)
+        opt, static = self.inner.optimizer, as_compute(self.inner_model(outer), compute)
         consts, xs = self._loop_inputs(dec, w, k, x)
         step = batch_step(opt, static, self.loss_scale, compute, self._token_chunk(x.shape[0]))
 
