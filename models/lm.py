@@ -20,7 +20,10 @@ a time with per-layer state of a size independent of the position (O(D)):
                                       A += grad l(W_c; x_t),  (u, s) = opt.update(A, s_c, W_c),
                                       W_t = W_c + u,  y_t = f(q_t; W_t);
                                   at the chunk's last token W_c, s_c <- W_t, s and A <- 0
-                                  (exactly the online schedule of `TTTLayer`).
+                                  (exactly the online schedule of `TTTLayer`), with the
+                                  chunk factor a_p on A, the label view of a MultiView task, the
+                                  last w - 1 keys/queries for SequenceMaps' convolutions and the
+                                  position t for its rotary embedding.
     linear attention              S = sum_j f(k_j) v_j^T, z = sum_j f(k_j), i  (`causal.py`)
     softmax attention             a key/value cache of max_len tokens (O(max_len D): softmax has no
                                   constant-size state; it is here as the baseline)
@@ -41,6 +44,7 @@ from jaxtyping import Array, Bool, Float, Int, PRNGKeyArray
 
 from ttt_compile.layer import TTTLayer, decode, token_loss
 from ttt_compile.layer.host_init import layer_norm, linear, normal
+from ttt_compile.layer.outer_maps import rotary_frequencies, rotate
 from ttt_compile.layer.spec import SpecError
 
 from .causal import CausalLinearAttention, linear_attention_state, linear_attention_step
@@ -59,6 +63,8 @@ class TTTState(NamedTuple):
     opt: Any
     A: Any
     p: Int[Array, ""]
+    conv: Any = None  # SequenceMaps(conv_width=w): the last w - 1 keys and queries before the convolutions
+    t: Any = None  # the absolute position (rotary positions)
 
 
 class KVCache(NamedTuple):
@@ -84,60 +90,71 @@ def chunk_start_weights(layer: TTTLayer):
     return jax.tree.map(lambda s: jnp.zeros((layer.heads, *s.shape), s.dtype), layer.fast_shape)
 
 
-def check_decodable(layer: TTTLayer) -> None:
-    """The token-by-token decode path covers the paper's layers; the follow-up paper's options are refused
-    with the fix (run the whole prefix through `CausalLM.__call__`, which supports them all)."""
-    used = [
-        name
-        for name, on in (
-            ("task=MultiView", layer.multiview),
-            ("Inner.chunk_factor", layer.inner.chunk_factor != "none"),
-            ("SequenceMaps", layer.sequence != type(layer.sequence)()),
-            ("Readout norm/gate", layer.readout.norm or layer.readout.gate),
-            ("outer_per_head", layer.outer_per_head),
-        )
-        if on
-    ]
-    if used:
-        raise SpecError(
-            f"CausalLM decode/generate: the token-by-token path does not support {', '.join(used)} yet; "
-            "score or sample with the full-sequence call model(ids) instead"
-        )
-
-
 def ttt_init_state(layer: TTTLayer) -> TTTState:
-    check_decodable(layer)
     W = chunk_start_weights(layer)
+    conv = None
+    if layer.conv_k is not None:  # the last w - 1 keys and queries before the convolutions, zeros at the start
+        empty = jnp.zeros((layer.conv_k.kernel.shape[0] - 1, *layer.conv_k.bias.shape), layer.conv_k.bias.dtype)
+        conv = (empty, empty)
     return TTTState(
-        W, jax.vmap(layer.inner.optimizer.init)(W), jax.tree.map(jnp.zeros_like, W), jnp.zeros((), jnp.int32)
+        W,
+        jax.vmap(layer.inner.optimizer.init)(W),
+        jax.tree.map(jnp.zeros_like, W),
+        jnp.zeros((), jnp.int32),
+        conv,
+        jnp.zeros((), jnp.int32),
     )
+
+
+def ttt_key_query(layer: TTTLayer, state: TTTState, x: Float[Array, " d"]):
+    """(k, q, conv buffers) of token x at position state.t: phi/psi, then SequenceMaps' causal convolutions
+    (over the buffered w - 1 previous tokens) and rotary positions, as `TTTLayer.keys_queries`."""
+    k = layer.phi(x)
+    q = k if layer.psi is None else layer.psi(x)
+    conv = state.conv
+    if layer.conv_k is not None:
+        window_k, window_q = jnp.concatenate([conv[0], k[None]]), jnp.concatenate([conv[1], q[None]])
+        k = jnp.einsum("whk,whk->hk", layer.conv_k.kernel, window_k) + layer.conv_k.bias
+        q = jnp.einsum("whk,whk->hk", layer.conv_q.kernel, window_q) + layer.conv_q.bias
+        conv = (window_k[1:], window_q[1:])
+    if layer.sequence.rope_theta is not None:
+        period = layer.sequence.rope_period
+        pos = state.t if period is None else state.t % period
+        angle = pos.astype(k.dtype) * jnp.asarray(rotary_frequencies(k.shape[-1], layer.sequence.rope_theta), k.dtype)
+        cos, sin = jnp.cos(angle)[None], jnp.sin(angle)[None]
+        k, q = rotate(k[None], cos, sin)[0], rotate(q[None], cos, sin)[0]
+    return k, q, conv
 
 
 def ttt_step(layer: TTTLayer, state: TTTState, x: Float[Array, " d"]) -> tuple[Float[Array, " d"], TTTState]:
     """One token of the online inner loop (see the module doc), all heads at once."""
-    opt, static, b = layer.inner.optimizer, layer.inner_model(), layer.inner.chunk
-    k, q = layer.phi(x), layer.psi(x)  # (heads, d_h)
+    opt, b = layer.inner.optimizer, layer.inner.chunk
+    k, q, conv = ttt_key_query(layer, state, x)  # (heads, d_h)
     dec, dec_axes = layer.decoders()
     scale = layer.loss_scale
     w = None if layer.eta is None else layer.eta(x[None]).reshape(layer.heads)  # eta_k(x) per head
+    target = layer.target(x) if layer.multiview else None  # the label view, (heads, d_h)
+    factors = layer.chunk_factors()  # a_1..a_b of Inner.chunk_factor, or None
+    outer, outer_axis = layer.learner_outer, (0 if layer.outer_per_head else None)
 
-    def head(Wc, s, A, dec, w, k, q):
+    def head(Wc, s, A, dec, w, k, q, y, outer):
         G, c, ln = dec
+        static = layer.inner_model(outer)
 
         def loss(W):
-            loss_t = token_loss(decode(G, ln, eqx.combine(W, static)(k), c), x)
+            loss_t = token_loss(decode(G, ln, eqx.combine(W, static)(k), c), x if y is None else y)
             loss_t = loss_t if w is None else w * loss_t
             return loss_t if scale == 1.0 else scale * loss_t
 
         g = jax.grad(loss)(Wc)
         A = jax.tree.map(jnp.add, A, g)
-        u, s_new = opt.update(A, s, Wc)
+        summed = A if factors is None else jax.tree.map(lambda a: factors[state.p].astype(a.dtype) * a, A)
+        u, s_new = opt.update(summed, s, Wc)
         Wt = jax.tree.map(lambda w, du: w + du, Wc, u)
         return eqx.combine(Wt, static)(q), Wt, s_new, A
 
-    y, Wt, s_new, A = jax.vmap(head, in_axes=(0, 0, 0, dec_axes, None if w is None else 0, 0, 0))(
-        state.W, state.opt, state.A, dec, w, k, q
-    )
+    in_axes = (0, 0, 0, dec_axes, None if w is None else 0, 0, 0, None if target is None else 0, outer_axis)
+    y, Wt, s_new, A = jax.vmap(head, in_axes=in_axes)(state.W, state.opt, state.A, dec, w, k, q, target, outer)
     last = state.p == b - 1
     keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(last, n, o), new, old)  # noqa: E731
     new = TTTState(
@@ -145,8 +162,10 @@ def ttt_step(layer: TTTLayer, state: TTTState, x: Float[Array, " d"]) -> tuple[F
         keep(s_new, state.opt),
         jax.tree.map(lambda a: jnp.where(last, jnp.zeros_like(a), a), A),
         jnp.where(last, 0, state.p + 1).astype(jnp.int32),
+        conv,
+        state.t + 1,
     )
-    return layer.h(y), new
+    return layer.h(y, x), new
 
 
 def kv_init_state(layer: Attention, max_len: int, dtype=jnp.float32) -> KVCache:

@@ -29,8 +29,20 @@ MIXERS = {
     "linear_attention_chunked_elu1": lambda **kw: causal_linear_attention(chunk=4, feature_map="elu1", **kw),
     "linear_attention_masked": lambda **kw: layers.linear_attention(causal=True, **kw),
     "softmax": lambda **kw: layers.self_attention(causal=True, **kw),
+    # ttt-lm-jax's layers (convolutions, rotary positions mod b, learned 1/i factor, norm and gate), every
+    # array moved off its init so each term counts
+    "ttt_linear_b4": lambda **kw: _moved(layers.ttt_linear(chunk=4, **kw)),
+    "ttt_mlp_base_b3": lambda **kw: _moved(layers.ttt_mlp(chunk=3, base=True, **kw)),
 }
-FAST = {"mttt_linear_b4", "mttt_mlp_b3", "linear_attention_chunked_elu1", "softmax"}
+FAST = {"mttt_linear_b4", "mttt_mlp_b3", "linear_attention_chunked_elu1", "softmax", "ttt_linear_b4", "ttt_mlp_base_b3"}
+
+
+def _moved(layer):
+    leaves, tree = jax.tree_util.tree_flatten(layer)
+    keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
+    return jax.tree_util.tree_unflatten(
+        tree, [a + 0.2 * jax.random.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys)]
+    )
 
 
 @functools.cache

@@ -127,3 +127,20 @@ def test_the_layer_is_causal_with_its_convolutions_and_positions(kind):
     y2 = layer(x.at[t].add(1.0))
     np.testing.assert_array_equal(np.asarray(y[:t]), np.asarray(y2[:t]))
     assert float(jnp.max(jnp.abs(y[t:] - y2[t:]))) > 1e-3
+
+
+def test_a_learner_the_peer_cannot_run_gets_its_dual_form_derived():
+    import importlib.util
+
+    path = pathlib.Path(__file__).parents[1] / "examples" / "deep_residual_learner.py"
+    spec = importlib.util.spec_from_file_location("deep_residual_learner", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with jax.enable_x64(True):
+        layer = _perturbed(mod.make_layer(dim=8, heads=2, chunk=4, key=jax.random.PRNGKey(0)), jax.random.PRNGKey(1))
+        x = jax.random.normal(jax.random.PRNGKey(2), (8, 8))
+        prog = tc.compile(layer, x, passes="default")
+        notes = " ".join(n for stage, ns in prog.notes if stage == "dual_form" for n in ns)
+        assert "dual form for W 16x4, W 16x16, W 4x16 (b=4)" in notes, notes
+        v = np_eval.compare(layer, prog, x)
+        assert v.value_error <= 1e-10 and v.grad_error <= 1e-9, v

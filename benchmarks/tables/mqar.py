@@ -32,6 +32,8 @@ ROWS = {
     "mqar_mttt_mlp_eta": "MTTT-MLP (b=16, learned eta per token)",
     "mqar_self_attention": "softmax attention",
     "mqar_mttt_nested": "two-level MTTT (b=16; MTTT-Linear inside the MLP learner)",
+    "mqar_ttt_linear": "TTT-Linear (b=16, as ttt-lm-jax builds it)",
+    "mqar_ttt_mlp": "TTT-MLP (b=16, as ttt-lm-jax builds it)",
 }
 
 

@@ -137,10 +137,18 @@ def rotary(u: Float[Array, "n heads dh"], theta: float, period: int | None) -> F
     if dh % 2:
         raise ValueError(f"rotary position embedding needs an even head dimension d_h, got {dh}")
     pos = np.arange(n) if period is None else np.arange(n) % period
-    freqs = 1.0 / theta ** (np.arange(0, dh, 2)[: dh // 2] / dh)
-    angle = np.outer(pos, freqs)  # (n, dh/2)
-    dtype = u.dtype
-    cos, sin = jnp.asarray(np.cos(angle)[:, None, :], dtype), jnp.asarray(np.sin(angle)[:, None, :], dtype)
+    angle = np.outer(pos, rotary_frequencies(dh, theta))  # (n, dh/2)
+    return rotate(u, jnp.asarray(np.cos(angle), u.dtype), jnp.asarray(np.sin(angle), u.dtype))
+
+
+def rotary_frequencies(dh: int, theta: float) -> np.ndarray:
+    """theta^(-2i/d_h) for i = 0..d_h/2-1."""
+    return 1.0 / theta ** (np.arange(0, dh, 2)[: dh // 2] / dh)
+
+
+def rotate(u: Float[Array, "n heads dh"], cos: Float[Array, "n half"], sin: Float[Array, "n half"]):
+    """Each pair (u[2i], u[2i+1]) rotated by the angle whose cosine and sine are given per token."""
+    cos, sin = cos[:, None, :], sin[:, None, :]
     even, odd = u[..., 0::2], u[..., 1::2]
     return jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1).reshape(u.shape)
 
