@@ -26,6 +26,11 @@ self-attention memory at n = 50,176, which is computed from its formula and labe
    ``sum(sin(layer(x)))`` over a batch of sequences) at n = 4,096 and 16,384: tokens/s of causal
    MTTT-Linear (chunk 16 and 64, default pipeline incl. ``dual_form``) and of chunked causal linear
    attention (``models/causal.py``, chunk 64).
+4. Only where flax is installed and ``TTT_LM_JAX_DIR`` names a checkout of test-time-training/ttt-lm-jax
+   (else recorded as skipped, with the reason): our converted TTT-Linear and TTT-MLP against the peer's
+   own layers (d = 768, H = 12, n = 2,048, mini-batch 16, float32, batch 1), the training step of
+   ``benchmarks/ttt_lm_jax.py`` for both, timed interleaved in one process: the per-round time ratio
+   ours / peer, tokens/s, FLOPs and compiled temp memory of each.
 
 Every measurement runs in its own subprocess under a time limit (``LIMITS``; the whole run also has
 a budget, ``BUDGET_S``); one that fails, runs out of memory or out of time is recorded with its
@@ -58,6 +63,7 @@ from .device_jobs import (  # noqa: F401  (device.X as before the split: what th
     PEAK_BF16,
     PIXEL_LAYERS,
     SIZES,
+    TTT_LM_JAX,
     VIT_LAYERS,
     build_vit,
     causal_layer,
@@ -67,6 +73,7 @@ from .device_jobs import (  # noqa: F401  (device.X as before the split: what th
     peak_tflops,
     run_job,
     throughput,
+    ttt_lm_jax_unavailable,
     vit_step,
 )
 from .device_report import markdown
@@ -78,8 +85,8 @@ CHILD_ENV = {"full": {}, "tiny": {"JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}}
 
 BUDGET_S = {"full": 470.0, "tiny": 170.0}  # the whole run (the issue: < 8 min / < 3 min)
 LIMITS = {
-    "full": {"info": 60, "vit": 110, "pixels": 150, "causal": 60},
-    "tiny": {"info": 30, "vit": 90, "pixels": 90, "causal": 60},
+    "full": {"info": 60, "vit": 110, "pixels": 150, "causal": 60, "ttt_lm_jax": 150},
+    "tiny": {"info": 30, "vit": 90, "pixels": 90, "causal": 60, "ttt_lm_jax": 90},
 }
 
 
@@ -109,6 +116,10 @@ def plan(mode: str) -> list[dict]:
         {"part": "causal", "name": f"{name} n={n}", "layer": name, "n": n}
         for n in SIZES[mode]["causal"]["ns"]
         for name in CAUSAL
+    ]
+    jobs += [
+        {"part": "ttt_lm_jax", "name": f"{name} n={SIZES[mode]['ttt_lm_jax']['n']}", "layer": name}
+        for name in TTT_LM_JAX
     ]
     return [{**j, "mode": mode} for j in jobs]
 
@@ -163,11 +174,15 @@ def run(out_dir: str | os.PathLike, tiny: bool = False, log=print, budget_s: flo
         "vit": [],
         "pixels": [],
         "causal": [],
+        "ttt_lm_jax": [],
     }
     for spec in plan(mode):
         left = deadline - time.perf_counter()
         limit = min(LIMITS[mode][spec["part"]], left)
-        if limit < 10:
+        unavailable = ttt_lm_jax_unavailable() if spec["part"] == "ttt_lm_jax" else None
+        if unavailable:
+            r = {"status": "skipped", "error": unavailable}
+        elif limit < 10:
             r = {"status": "skipped", "error": f"the run's budget of {budget:.0f} s ran out"}
         else:
             log(f"[{time.perf_counter() - t_start:6.1f}s] {spec['part']}: {spec['name']} (limit {limit:.0f}s)")

@@ -49,6 +49,7 @@ SIZES = {  # the models of each part at full size and --tiny
         "vit": dict(variant="S", image=224, patch=16, classes=1000, batch=128, dims={}),
         "pixels": dict(variant="Ti", image=224, patch=1, classes=1000, batch=1, dims={}),
         "causal": dict(dim=256, heads=4, ns=(4096, 16384), batch=8),
+        "ttt_lm_jax": dict(dim=768, heads=12, n=2048, batch=1),
         "min_block_s": 0.5,
         "rounds": 5,
     },
@@ -60,6 +61,7 @@ SIZES = {  # the models of each part at full size and --tiny
             variant="Ti", image=12, patch=1, classes=10, batch=1, dims=dict(width=24, depth=1, heads=3, mlp_dim=48)
         ),
         "causal": dict(dim=32, heads=2, ns=(128, 256), batch=1),
+        "ttt_lm_jax": dict(dim=32, heads=2, n=64, batch=1),
         "min_block_s": 0.02,
         "rounds": 3,
     },
@@ -265,7 +267,66 @@ def job_causal(spec: dict) -> dict:
     return r
 
 
-JOBS = {"info": job_info, "vit": job_vit, "pixels": job_vit, "causal": job_causal}
+# ===================================================================================== vs the ttt-lm-jax peer (part 4)
+#: Row name -> kind of `benchmarks.ttt_lm_jax` (our converted layer against the peer's).
+TTT_LM_JAX = {"TTT-Linear vs ttt-lm-jax": "linear", "TTT-MLP vs ttt-lm-jax": "mlp"}
+#: The environment variable naming a checkout of test-time-training/ttt-lm-jax.
+TTT_LM_JAX_ENV = "TTT_LM_JAX_DIR"
+
+
+def ttt_lm_jax_unavailable() -> str | None:
+    """Why part 4 cannot run here (no flax, no peer checkout named by TTT_LM_JAX_DIR), or None."""
+    import importlib.util
+    from pathlib import Path
+
+    if importlib.util.find_spec("flax") is None:
+        return "flax is not installed (pip install -e '.[released]')"
+    path = os.environ.get(TTT_LM_JAX_ENV)
+    if not path:
+        return f"{TTT_LM_JAX_ENV} is not set (name a checkout of test-time-training/ttt-lm-jax)"
+    if not (Path(path) / "ttt" / "models" / "ttt_layer.py").is_file():
+        return f"{TTT_LM_JAX_ENV}={path} has no ttt/models/ttt_layer.py"
+    return None
+
+
+def job_ttt_lm_jax(spec: dict) -> dict:
+    """Our converted TTT-Linear / TTT-MLP against the peer layer, interleaved (part 4): the training
+    step of `benchmarks.ttt_lm_jax` (value_and_grad of sum(sin(layer(x))), x (1, n, d), float32)."""
+    import jax
+    import jax.numpy as jnp
+
+    from . import ttt_lm_jax as tlj
+    from . import ttt_lm_jax_peer
+
+    size = SIZES[spec["mode"]]["ttt_lm_jax"]
+    kind, dim, heads, n = TTT_LM_JAX[spec["layer"]], size["dim"], size["heads"], size["n"]
+    module = ttt_lm_jax_peer.load_peer(os.environ[TTT_LM_JAX_ENV])
+    x = jax.random.normal(jax.random.PRNGKey(1), (size["batch"], n, dim), jnp.float32)
+    t0 = time.perf_counter()
+    p = tlj.pair(module, kind, dim, heads, x)
+    same = tlj.check_same(p, kind, dim, heads, x)
+    if not same["output"] <= tlj.MAX_OUTPUT_ERR:
+        raise RuntimeError(f"ours and the peer differ: max rel. output error {same['output']:.2e}")
+    build_s = time.perf_counter() - t0
+    r = tlj.compare_steps(p, x, reps=SIZES[spec["mode"]]["rounds"], min_block_s=SIZES[spec["mode"]]["min_block_s"])
+    r.update(
+        kind=kind,
+        dim=dim,
+        heads=heads,
+        n=n,
+        batch=size["batch"],
+        tokens_per_s_ours=size["batch"] * n / r["ours"]["wall_s"],
+        tokens_per_s_peer=size["batch"] * n / r["peer"]["wall_s"],
+        same=same,
+        build_s=build_s,
+        peer_checkout=tlj.peer_facts(os.environ[TTT_LM_JAX_ENV]),
+        compute_dtype="float32",
+        pass_notes=tlj.remat_notes(p["prog"]),
+    )
+    return r
+
+
+JOBS = {"info": job_info, "vit": job_vit, "pixels": job_vit, "causal": job_causal, "ttt_lm_jax": job_ttt_lm_jax}
 
 
 def run_job(spec: dict) -> dict:

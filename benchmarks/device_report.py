@@ -1,5 +1,5 @@
 """`results.md` of the device benchmark (`device`): its results dict rendered as tables, one per
-part (ViT step, raw pixels, causal LM layer), with the device and versions the figures came from."""
+part (ViT step, raw pixels, causal LM layer, ours vs the ttt-lm-jax peer), with the device and versions the figures came from."""
 
 from __future__ import annotations
 
@@ -121,6 +121,28 @@ def markdown(results: dict) -> str:
             f"{_num(rel, '.3f')} | {_num(r.get('tflops'), '.3f') if ok else '-'} | "
             f"{_gib(r.get('peak_bytes')) if ok else '-'} | {_status(r)} |"
         )
+    tl = s.get("ttt_lm_jax")
+    if tl and results.get("ttt_lm_jax"):
+        lines += [
+            "",
+            f"## Ours vs the ttt-lm-jax peer layers (d = {tl['dim']}, H = {tl['heads']}, n = {tl['n']:,}, "
+            f"float32): training step, batch {tl['batch']}, interleaved in one process",
+            "",
+            "| layer | time ours/peer (25th-75th) | tokens/s ours | tokens/s peer | GFLOP ours / peer | "
+            "temp memory ours / peer | rel. err out / grad | status |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for r in results["ttt_lm_jax"]:
+            if r.get("status") != "ok":
+                lines.append(f"| {r['name']} | - | - | - | - | - | - | {_status(r)} |")
+                continue
+            o, q, same = r["ours"], r["peer"], r["same"]
+            lines.append(
+                f"| {r['name']} | {r['ratio']:.3f} ({r['ratio_q25']:.2f}-{r['ratio_q75']:.2f}) | "
+                f"{_num(r['tokens_per_s_ours'], ',.0f')} | {_num(r['tokens_per_s_peer'], ',.0f')} | "
+                f"{o['flops'] / 1e9:,.4g} / {q['flops'] / 1e9:,.4g} | {_gib(o['temp_bytes'])} / {_gib(q['temp_bytes'])} | "
+                f"{same['output']:.1e} / {_num(same.get('grads'), '.1e')} | ok |"
+            )
     lines += [
         "",
         "Memory: `device.memory_stats()['peak_bytes_in_use']` of the measurement's own process where the "
