@@ -31,6 +31,7 @@ from ttt_compile.layer import Decoder, Output, Project, TTTLayer, check_tokens
 from ttt_compile.layer.host_init import normal, zeros
 from ttt_compile.layer.learners import MLP, Linear, NadarayaWatson
 from ttt_compile.layer.spec import Inner, Reconstruction, SpecError
+from ttt_compile.layer.ttt_lm_jax import ttt_lm_jax_layer
 
 
 class Attention(eqx.Module):
@@ -254,8 +255,6 @@ _TTT_LM_OPTIONS = {"chunk": 16, "lr": 1.0, "base": False, "conv_width": 4, "rope
 
 
 def _ttt_lm(kind: str, dim: int, heads: int, key: PRNGKeyArray, options: dict) -> TTTLayer:
-    from ttt_compile.layer.ttt_lm_jax import ttt_lm_jax_layer
-
     _check_dims(dim, heads)
     o = _options(f"ttt_{kind}", options, _TTT_LM_OPTIONS)
     if o["batching"] != "online":

@@ -156,11 +156,6 @@ class SequenceMaps:
             if self.rope_theta is None:
                 raise SpecError("SequenceMaps.rope_period needs rope_theta (there is no rotary embedding without it)")
 
-    @property
-    def causal(self) -> bool:
-        """Whether these maps keep the layer causal (they do: the convolution reads only the past)."""
-        return True
-
 
 @dataclasses.dataclass(frozen=True)
 class Readout:

@@ -30,6 +30,7 @@ import numpy as np
 import optax
 
 from .learners import ResidualLN
+from .released import flatten
 from .spec import Inner, MultiView, Readout, SequenceMaps, SpecError
 from .ttt_layer import TTTLayer
 
@@ -81,18 +82,6 @@ def ttt_lm_jax_layer(
         readout=Readout(norm=True, gate=not base, bias=False, norm_eps=1e-6),
         key=kc,
     )
-
-
-def flatten(params: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
-    """A nested params dict as {"a/b/c": array} (names that already hold "/" are kept)."""
-    out: dict[str, np.ndarray] = {}
-    for name, value in params.items():
-        path = f"{prefix}/{name}" if prefix else str(name)
-        if isinstance(value, Mapping):
-            out.update(flatten(value, path))
-        else:
-            out[path] = np.asarray(value)
-    return out
 
 
 def expected_shapes(kind: str, width: int, heads: int, mini_batch_size: int, conv_width: int) -> dict[str, tuple]:
