@@ -65,8 +65,8 @@ class Dense(eqx.Module):
         """Weights ~ U(+-sqrt(6 / (din + dout))) (Glorot/Xavier uniform), or 0; bias 0."""
         bound = math.sqrt(6.0 / (din + dout))
         w = np.zeros((dout, din)) if zero else rng.uniform(-bound, bound, (dout, din))
-        self.weight = jnp.asarray(w, jnp.float32)
-        self.bias = jnp.asarray(np.zeros(dout, np.float32))
+        self.weight = jax.device_put(w.astype(np.float32))  # a host copy: jnp.asarray(w, f32) would compile a convert
+        self.bias = jax.device_put(np.zeros(dout, np.float32))
 
     @property
     def out_features(self) -> int:
@@ -85,8 +85,8 @@ class LayerNorm(eqx.Module):
     eps: float = eqx.field(static=True)
 
     def __init__(self, dim: int, eps: float = 1e-6):
-        self.weight = jnp.asarray(np.ones(dim, np.float32))
-        self.bias = jnp.asarray(np.zeros(dim, np.float32))
+        self.weight = jax.device_put(np.ones(dim, np.float32))
+        self.bias = jax.device_put(np.zeros(dim, np.float32))
         self.eps = eps
 
     def __call__(self, x: Float[Array, "... d"]) -> Float[Array, "... d"]:
@@ -193,7 +193,7 @@ class ViT(eqx.Module):
         rng = host_rng(key)  # the ViT's own weights are drawn on the host: building them compiles nothing
         self.embed = Dense(patch * patch * channels, width, rng=rng)
         self.pos = (
-            jnp.asarray(rng.standard_normal((n, width)) / math.sqrt(width), jnp.float32) if posemb == "learn" else None
+            jax.device_put((rng.standard_normal((n, width)) / math.sqrt(width)).astype(np.float32)) if posemb == "learn" else None
         )
         attns = _attention_layers(layer, depth=depth, width=width, heads=heads, key=key)
         self.blocks = tuple(Block(a, width, mlp_dim, rng=rng) for a in attns)

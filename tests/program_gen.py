@@ -459,7 +459,7 @@ def _moved(layer: tc.TTTLayer) -> tc.TTTLayer:
     """The new options' arrays that start at a neutral value (the convolution's identity taps and zero bias,
     the chunk offset 0, the output norm's scale 1) moved off it, so that each term counts."""
     rng = host_rng(jax.random.PRNGKey(layer.dim * 31 + layer.heads))
-    nudge = lambda a: a + jnp.asarray(0.2 * rng.standard_normal(a.shape), a.dtype)  # noqa: E731
+    nudge = lambda a: jax.device_put(np.asarray(a) + (0.2 * rng.standard_normal(a.shape)).astype(a.dtype))  # noqa: E731
     for where in (
         lambda m: m.conv_k,
         lambda m: m.conv_q,
@@ -644,7 +644,8 @@ VOCAB = 7
 
 
 def _cast_floats(tree, dtype):
-    return jax.tree.map(lambda a: a.astype(dtype) if eqx.is_inexact_array(a) else a, tree)
+    """Every float array of `tree` in `dtype`, cast on the host (a device astype compiles a program per shape)."""
+    return jax.tree.map(lambda a: jax.device_put(np.asarray(a).astype(dtype)) if eqx.is_inexact_array(a) else a, tree)
 
 
 def build(program: Program):
@@ -675,7 +676,7 @@ def build(program: Program):
         )
         model = _cast_floats(model, dtype)  # the ViT stores its own weights in float32
         shape = (rows, cols, 2)
-        return model, jax.random.normal(k_x, shape, dtype), jax.random.normal(k_x2, shape, dtype)
+        return model, normal(k_x, shape), normal(k_x2, shape)  # host draws: nothing to compile
     elif program.kind == "lm":
         model = lm_models.causal_lm(
             vocab=VOCAB,
@@ -687,11 +688,11 @@ def build(program: Program):
             mixer=layers,
             key=k_model,
         )
-        ids = lambda k: jax.random.randint(k, (n,), 0, VOCAB, jnp.int32)  # noqa: E731
+        ids = lambda k: jax.device_put(host_rng(k).integers(0, VOCAB, (n,)).astype(np.int32))  # noqa: E731
         return model, ids(k_x), ids(k_x2)
     else:
         raise ValueError(program.kind)
-    return model, jax.random.normal(k_x, (n, d), dtype), jax.random.normal(k_x2, (n, d), dtype)
+    return model, normal(k_x, (n, d)), normal(k_x2, (n, d))
 
 
 # =========================================================================== program size

@@ -52,6 +52,7 @@ import np_eval  # noqa: E402
 import program_gen as G  # noqa: E402
 
 import ttt_compile as tc  # noqa: E402
+from ttt_compile.layer import host_init  # noqa: E402
 
 SEED = int(os.environ.get("TTT_FUZZ_SEED", "20261201"))
 PURE_F64 = 1e-6  # tolerance per unit of f32-vs-f64 spread for a float64 program
@@ -125,6 +126,11 @@ def trace(model, x, r, pair: bool) -> Traced:
     return Traced(closed, args, jax.tree_util.tree_structure(shapes), pair)
 
 
+def stack(a, b) -> np.ndarray:
+    """[a, b] stacked on the host (an eager jnp.stack compiles a program per shape)."""
+    return np.stack([np.asarray(a), np.asarray(b)])
+
+
 def evaluate(model, x, r) -> dict:
     """{quantity: array}: the model's value at x and its outer gradients."""
     return trace(model, x, r, pair=False).run()
@@ -132,12 +138,12 @@ def evaluate(model, x, r) -> dict:
 
 def evaluate_pair(model, x, x2, r, r2) -> dict:
     """jax.vmap over [x, x2]: values and per-example outer gradients at x and at the fresh input x2."""
-    return trace(model, jnp.stack([x, x2]), jnp.stack([r, r2]), pair=True).run()
+    return trace(model, stack(x, x2), stack(r, r2), pair=True).run()
 
 
 def evaluate_jit(model, x, x2) -> dict:
     """jax.jit(jax.vmap(model)) over [x, x2] (XLA-compiled: values only, to keep the compile short)."""
-    ys = jit_pair_values(model, jnp.stack([x, x2]))
+    ys = jit_pair_values(model, stack(x, x2))
     return {"value(x)": np.asarray(ys[0], np.float64), "value(x2)": np.asarray(ys[1], np.float64)}
 
 
@@ -194,10 +200,9 @@ class Reference:
             self.model, self.x, self.x2 = G.build(program)
             y = jax.eval_shape(self.model, self.x)
             kr, kr2 = jax.random.split(jax.random.PRNGKey(program.seed + 1))
-            self.r = jax.random.normal(kr, y.shape, jnp.float64)
-            self.r2 = jax.random.normal(kr2, y.shape, jnp.float64)
+            self.r, self.r2 = host_init.normal(kr, y.shape), host_init.normal(kr2, y.shape)  # float64: x64 is on
             self.traced = (
-                trace(self.model, jnp.stack([self.x, self.x2]), jnp.stack([self.r, self.r2]), True)
+                trace(self.model, stack(self.x, self.x2), stack(self.r, self.r2), True)
                 if pair
                 else trace(self.model, self.x, self.r, False)
             )
@@ -486,10 +491,10 @@ def test_the_validator_catches_miscompiles():
     assert any("value" in m.quantity for m in bad), bad
 
 
-# Found by the -m slow run (2026-12-02, simplify kind): the model's outputs reach 3e9, so the outer
-# gradients carry cos(y) with y ~ 3e9: float32 loses them entirely (spread 0.8-1.9), float64 keeps
-# about 6 digits (simplify's reassociation moves them by 3e-6).  The 40-bit probe measures 7e-3, so
-# this is conditioning, not a miscompile; a 1e-3 error would still be reported.
+# Found by the -m slow run (2026-12-02, simplify kind; seed 3 since the inputs are drawn on the host,
+# 2026-12-07): the model's outputs reach 9e7, so the outer gradients carry cos(y) with y ~ 9e7: float32
+# loses them entirely (spread up to 4.2), float64 keeps about 7 digits.  The 40-bit probe measures
+# 1.1e-3, so this is conditioning, not a miscompile; a 1e-3 error would still be reported.
 SATURATED_PROGRAM = G.Program(
     kind="stack",
     layers=(
@@ -532,7 +537,7 @@ SATURATED_PROGRAM = G.Program(
     n=9,
     wrapper="filter_jit",
     int_side=False,
-    seed=5,
+    seed=3,
 )
 
 
