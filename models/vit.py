@@ -193,7 +193,9 @@ class ViT(eqx.Module):
         rng = host_rng(key)  # the ViT's own weights are drawn on the host: building them compiles nothing
         self.embed = Dense(patch * patch * channels, width, rng=rng)
         self.pos = (
-            jax.device_put((rng.standard_normal((n, width)) / math.sqrt(width)).astype(np.float32)) if posemb == "learn" else None
+            jax.device_put((rng.standard_normal((n, width)) / math.sqrt(width)).astype(np.float32))
+            if posemb == "learn"
+            else None
         )
         attns = _attention_layers(layer, depth=depth, width=width, heads=heads, key=key)
         self.blocks = tuple(Block(a, width, mlp_dim, rng=rng) for a in attns)
