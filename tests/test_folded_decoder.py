@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import pytest
 
 import ttt_compile as tc
-from ttt_compile.layer.inner_steps import fold_decoder, fold_targets, folded_sq_error
+from ttt_compile.layer.inner_steps import fold_decoder, fold_targets, folded_sq_error, symmetric_forms
 from ttt_compile.layer.outer_maps import decode
 from ttt_compile.layer.spec import Reconstruction, SpecError
 from ttt_compile.models import layers
@@ -92,6 +92,34 @@ def test_folded_error_is_the_decoded_error(ln):
         t = fold_targets(maps, x)
         want = jnp.sum((jax.vmap(lambda zi: decode(G, norm, zi, c))(z) - x) ** 2, axis=-1)
         assert relative_error(folded_sq_error(dec, z, t["p"], t["s"], t["t"]), want) <= 1e-12
+
+
+def test_symmetric_forms_derivatives_are_the_plain_forms():
+    """symmetric_forms' own JVP (2 P z . dz + z^T dP z, P the symmetric part of S) equals AD of
+    sum((z S) * z) for any S: first derivatives in z and S, a JVP, and the second derivatives the outer
+    loop takes of an inner gradient."""
+    with jax.enable_x64(True):
+        k = jax.random.split(jax.random.PRNGKey(4), 3)
+        z = jax.random.normal(k[0], (5, 4), jnp.float64)
+        S = jax.random.normal(k[1], (2, 4, 4), jnp.float64)  # not symmetric
+        r = jax.random.normal(k[2], (5, 2), jnp.float64)
+
+        def plain(z, S):
+            return jnp.einsum("bi,kij,bj->bk", z, S, z)
+
+        def weighted(q):
+            return lambda z, S: jnp.sum(r * q(z, S))
+
+        def inner(q):
+            return lambda z, S: jnp.sum(jnp.sin(jax.grad(weighted(q))(z, S)))
+
+        assert relative_error(symmetric_forms(z, S), plain(z, S)) <= 1e-14
+        assert relative_error(jax.jvp(symmetric_forms, (z, S), (z, S))[1], jax.jvp(plain, (z, S), (z, S))[1]) <= 1e-13
+        for argnums in (0, 1):
+            got, want = jax.grad(weighted(symmetric_forms), argnums)(z, S), jax.grad(weighted(plain), argnums)(z, S)
+            assert relative_error(got, want) <= 1e-13
+            got, want = jax.grad(inner(symmetric_forms), argnums)(z, S), jax.grad(inner(plain), argnums)(z, S)
+            assert relative_error(got, want) <= 1e-12
 
 
 def test_loss_form_is_checked():

@@ -26,6 +26,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optax
+from jax.custom_derivatives import SymbolicZero
 from jaxtyping import Array, Float
 
 from .outer_maps import decode
@@ -149,14 +150,52 @@ def fold_targets(folded_maps: tuple, x: Float[Array, "n d"]) -> dict:
     return {"p": beta @ B - xB, "s": beta @ b - xb, "t": beta @ beta - 2 * (x @ beta) + xx}
 
 
+@jax.custom_jvp
+def symmetric_forms(z: Float[Array, "b dh"], S: Float[Array, "k dh dh"]) -> Float[Array, "b k"]:
+    """q_ik = z_i^T S_k z_i, all k from one matrix product z [P_1 .. P_k] with P_k = (S_k + S_k^T)/2
+    (z^T S z = z^T P z for any S; the folded decoder's A and M are Gram matrices, P = S).  Its
+    derivative uses the symmetry of P:
+
+        dq_ik = 2 (P_k z_i) . dz_i + z_i^T dP_k z_i
+
+    so the gradient with respect to z reuses the forward product P_k z_i (AD of the plain form would
+    multiply by S_k^T a second time).  Exact for every S, to every order."""
+    return _symmetric_forms(z, S)[0]
+
+
+def _symmetric_forms(z, S):
+    k, dh = S.shape[0], S.shape[-1]
+    S = 0.5 * (S + jnp.swapaxes(S, -1, -2))
+    zS = (z @ jnp.moveaxis(S, 0, 1).reshape(dh, k * dh)).reshape(*z.shape[:-1], k, dh)
+    return jnp.sum(zS * z[..., None, :], axis=-1), zS
+
+
+def _symmetric_forms_jvp(primals, tangents):
+    z, S = primals
+    dz, dS = (None if isinstance(t, SymbolicZero) else t for t in tangents)
+    q, zS = _symmetric_forms(z, S)
+    dq = jnp.zeros_like(q)
+    if dz is not None:
+        dq = dq + 2 * jnp.sum(zS * dz[..., None, :], axis=-1)
+    if dS is not None:
+        dq = dq + _symmetric_forms(z, dS)[0]
+    return q, dq
+
+
+symmetric_forms.defjvp(_symmetric_forms_jvp, symbolic_zeros=True)
+
+
 def folded_sq_error(dec: FoldedDecoder, z: Float[Array, "b dh"], p, s, t) -> Float[Array, " b"]:
-    """||g(z_i) - x_i||^2 of each token from the folded decoder and targets (`fold_decoder`)."""
+    """||g(z_i) - x_i||^2 of each token from the folded decoder and targets (`fold_decoder`); the two
+    quadratic forms z^T A z and z^T M z come from one `symmetric_forms`."""
     z = z.astype(dec.A.dtype)
-    Q = jnp.sum((z @ dec.A + 2 * dec.a) * z, axis=-1) + dec.a0
     R = jnp.sum(z * p, axis=-1) + s
     if dec.M is None:
+        Q = symmetric_forms(z, dec.A[None])[..., 0] + 2 * (z @ dec.a) + dec.a0
         return Q + 2 * R + t
-    inv = jax.lax.rsqrt(jnp.sum((z @ dec.M + 2 * dec.m) * z, axis=-1) + dec.m0)  # 1 / sigma
+    q = symmetric_forms(z, jnp.stack([dec.A, dec.M]))
+    Q = q[..., 0] + 2 * (z @ dec.a) + dec.a0
+    inv = jax.lax.rsqrt(q[..., 1] + 2 * (z @ dec.m) + dec.m0)  # 1 / sigma
     return Q * inv * inv + 2 * R * inv + t
 
 
