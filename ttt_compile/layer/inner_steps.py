@@ -190,11 +190,10 @@ def folded_sq_error(dec: FoldedDecoder, z: Float[Array, "b dh"], p, s, t) -> Flo
     quadratic forms z^T A z and z^T M z come from one `symmetric_forms`."""
     z = z.astype(dec.A.dtype)
     R = jnp.sum(z * p, axis=-1) + s
-    if dec.M is None:
-        Q = symmetric_forms(z, dec.A[None])[..., 0] + 2 * (z @ dec.a) + dec.a0
-        return Q + 2 * R + t
-    q = symmetric_forms(z, jnp.stack([dec.A, dec.M]))
+    q = symmetric_forms(z, dec.A[None] if dec.M is None else jnp.stack([dec.A, dec.M]))
     Q = q[..., 0] + 2 * (z @ dec.a) + dec.a0
+    if dec.M is None:
+        return Q + 2 * R + t
     inv = jax.lax.rsqrt(q[..., 1] + 2 * (z @ dec.m) + dec.m0)  # 1 / sigma
     return Q * inv * inv + 2 * R * inv + t
 
