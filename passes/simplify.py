@@ -8,8 +8,8 @@ Scalar factors ride along linear operations (neg, mul by a constant, div by a co
 transpose, reshape, broadcast, reduce_sum, dot_general, add/sub of equally scaled values, ...)
 and are multiplied in once, where a non-linear operation, a product of two arrays or an output
 needs the value: -(-x) = x, 2 * (0.5 * x) = x, a chain of scale factors becomes one multiply.
-Scalar expressions of constants are folded.  Structural rewrites: transposes compose; transpose(broadcast(y)) becomes
-broadcast(transpose(y)); a dot_general whose operand is a broadcast over exactly its batch axes
+Scalar expressions of constants are folded.  Structural rewrites: transposes compose;
+transpose(broadcast(y)) becomes broadcast(transpose(y)); a dot_general whose operand is a broadcast over exactly its batch axes
 contracts y itself (no materialised copy per batch entry: the shape vmap-over-heads leaves when all
 heads read the same tokens).  Exact up to the rounding of folded scalar constants.
 """
@@ -161,10 +161,8 @@ class _Simplifier:
                 base, c = _parts(other)
                 return self.hit([_scaled(base, c * k)])
         # A product of two arrays: each operand's factor is multiplied in where the operand is made
-        # (elementwise work XLA fuses the multiply into), not carried past the product.  Carried on, a
-        # factor lands on a dot's operand or result, and the outer loop's AD then scales a cotangent
-        # there, used by two dots: a separate pass over memory (measured: MTTT-MLP T=1 train step
-        # 7 % slower with the factor carried, 1-3 % slower with it applied to the product).
+        # (elementwise work XLA fuses it into), not carried on to a dot, where the outer loop's AD
+        # would scale a cotangent in a pass of its own (MTTT-MLP T=1 train step 7 % slower).
         return interp.bind(eqn, [_instantiate(a, eqn.invars[0].aval), _instantiate(b, eqn.invars[1].aval)])
 
     def div(self, interp, eqn, invals):

@@ -132,6 +132,22 @@ def test_simplify_adds_a_negated_operand_as_a_subtraction():
     assert np.array_equal(np.signbit(np.asarray(got)), np.signbit(np.asarray(want)))
 
 
+def test_simplify_applies_a_factor_at_a_product_of_two_arrays():
+    """0.5 a meeting a * b is multiplied into a where a is made (fused there), not carried past the
+    product onto the dot's result, where the outer gradient would scale a cotangent on its own."""
+    closed = jax.make_jaxpr(lambda a, b, W: ((0.5 * jnp.tanh(a)) * b) @ W)(
+        jnp.ones((4, 3)), jnp.ones((4, 3)), jnp.ones((3, 2))
+    )
+    out, _ = run(P.simplify, closed)
+    eqns = out.jaxpr.eqns
+    assert [e.primitive.name for e in eqns] == ["tanh", "mul", "mul", "dot_general"]
+    assert eqns[-1].outvars[0] is out.jaxpr.outvars[0]  # nothing scales the dot's result
+    assert eqns[1].outvars[0] in eqns[2].invars  # the factor rides on the operand
+    agree(
+        closed, out, *(jax.random.normal(jax.random.fold_in(KEY, i), s) for i, s in enumerate([(4, 3), (4, 3), (3, 2)]))
+    )
+
+
 def test_simplify_contracts_a_broadcast_operand_once():
     def f(x, G):  # every head reads the same tokens x: vmap leaves a broadcast copy per head
         return jax.vmap(lambda g: x @ g, in_axes=0)(G)
