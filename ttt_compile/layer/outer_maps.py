@@ -126,7 +126,14 @@ class CausalConv(eqx.Module):
     def __call__(self, u: Float[Array, "n heads dh"]) -> Float[Array, "n heads dh"]:
         w, n = self.kernel.shape[0], u.shape[0]
         padded = jnp.concatenate([jnp.zeros((w - 1, *u.shape[1:]), u.dtype), u])
-        out = sum(self.kernel[s] * jax.lax.slice_in_dim(padded, s, s + n) for s in range(w))
+        # Each tap as a contraction batched over channels, not a broadcast product: the backward pass then
+        # makes dL/dkernel[s] = sum_t dL/du'_t u_{t-w+1+s} a contraction over tokens, where a broadcast
+        # product's transpose is a multiply-reduce that XLA:CPU runs ~7x slower at batch 1
+        # (benchmarks/results/ttt_lm_jax).  HIGHEST: full f32 products on TPU too.
+        out = sum(
+            jnp.einsum("nhd,hd->nhd", jax.lax.slice_in_dim(padded, s, s + n), self.kernel[s], precision="highest")
+            for s in range(w)
+        )
         return out + self.bias
 
 
