@@ -163,10 +163,21 @@ def dual_token(cum: Cum, p: int):
     Bt = B[:t] + B[t + 1 :]
     e = lax.slice_in_dim(cum.e, 0, p + 1, axis=t)
     k = lax.slice_in_dim(cum.k, 0, p + 1, axis=t)
-    out = jnp.expand_dims(cum.s() * jnp.einsum(f"{B}{a},{B}{c}->{Bt}{a}{c}", e, k), t)
+    w = cum.s()  # s f_p, with f_p[B.., 1 on t, 1] token p's factor (constant over j and the matrix)
     if cum.factor is not None:
         f = cum.factor if cum.factor.shape[t] == 1 else lax.slice_in_dim(cum.factor, p, p + 1, axis=t)
-        out = out * f
+        w = w * f[..., 0]
+    if min(e.size, k.size) <= e.size // e.shape[t] * k.shape[-1]:
+        # s f_p sum_j e_j k_j^T = sum_j (s f_p e_j) k_j^T: the factor scales the smaller per-token
+        # operand, so neither the product nor the outer loop's gradient of f_p (a learned factor)
+        # needs a matrix-sized temporary (MLP d=256, b=16: a 4x16x64 operand, not 4x256x64)
+        if e.size <= k.size:
+            e = e * w.astype(e.dtype)
+        else:
+            k = k * w.astype(k.dtype)
+        out = jnp.expand_dims(jnp.einsum(f"{B}{a},{B}{c}->{Bt}{a}{c}", e, k), t)
+    else:
+        out = jnp.expand_dims(jnp.einsum(f"{B}{a},{B}{c}->{Bt}{a}{c}", e, k), t) * w[..., None]
     return (out if cum.base is None else cum.base + out).astype(cum.dtype)
 
 

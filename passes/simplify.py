@@ -140,6 +140,21 @@ class _Simplifier:
             self.hits += 1
             dims = tuple(eqn.params["broadcast_dimensions"][d] for d in p[1]["broadcast_dimensions"])
             out = interp.emit(lax.broadcast_in_dim_p, p[2][0], **{**eqn.params, "broadcast_dimensions": dims})[0]
+        elif (
+            eqn.primitive in (lax.squeeze_p, lax.reshape_p)
+            and not rest
+            and (eqn.primitive is lax.squeeze_p or eqn.params.get("dimensions") is None)
+            and p is not None
+            and p[0] is lax.broadcast_in_dim_p
+            and len(p[2]) == 1
+            and np.size(p[2][0]) == np.size(base)
+        ):  # of a broadcast that only inserted unit axes: a reshape of its source (W, not a copy of W)
+            self.hits += 1
+            y, shape = p[2][0], eqn.outvars[0].aval.shape
+            if np.shape(y) == shape:
+                out = y
+            else:
+                out = interp.emit(lax.reshape_p, y, new_sizes=shape, dimensions=None, sharding=None)[0]
         else:
             out = interp.bind(eqn, [base, *rest])[0]
         return [_scaled(out, c)]

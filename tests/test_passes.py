@@ -149,9 +149,7 @@ def test_simplify_applies_a_factor_at_a_product_of_two_arrays():
 
 
 def test_simplify_contracts_a_broadcast_operand_once():
-    def f(x, G):  # every head reads the same tokens x: vmap leaves a broadcast copy per head
-        return jax.vmap(lambda g: x @ g, in_axes=0)(G)
-
+    """Every head reads the same tokens x: vmap leaves a broadcast copy per head; the dot reads x."""
     x, G = jnp.ones((5, 4)), jnp.ones((3, 4, 2))
     closed = jax.make_jaxpr(lambda x, G: jnp.einsum("hnd,hdk->hnk", jnp.broadcast_to(x, (3, 5, 4)), G))(x, G)
     out, _ = run(P.simplify, closed)
@@ -159,7 +157,28 @@ def test_simplify_contracts_a_broadcast_operand_once():
     assert dots and dots[0].params["dimension_numbers"][1] == ((), ())  # no batch axis left
     assert "broadcast_in_dim" not in prims(out)
     agree(closed, out, jax.random.normal(KEY, (5, 4)), jax.random.normal(KEY, (3, 4, 2)))
-    assert f is not None
+
+
+def test_simplify_reads_the_source_of_a_broadcast_that_only_inserted_unit_axes():
+    """squeeze / reshape of broadcast_in_dim(W) that only added size-1 axes is W itself (or a reshape
+    of it), so AD stores W once, not W and a copy; a broadcast that copies values stays."""
+
+    def f(W, q):
+        expanded = jnp.broadcast_to(W[:, None], (3, 1, 4, 2))
+        Wq = jnp.einsum("hij,hnj->hni", jnp.squeeze(expanded, 1), q)
+        flat = jnp.reshape(expanded, (3, 8))  # a reshape of W, not of a copy
+        tiled = jnp.squeeze(jnp.broadcast_to(W[:, None], (3, 5, 4, 2))[:, :1], 1)  # values copied 5x
+        return Wq, flat, tiled
+
+    W, q = jax.random.normal(KEY, (3, 4, 2)), jax.random.normal(KEY, (3, 5, 2))
+    closed = jax.make_jaxpr(f)(W, q)
+    out, _ = run(P.simplify, closed)
+    (dot,) = [e for e in out.jaxpr.eqns if e.primitive.name == "dot_general"]
+    assert out.jaxpr.invars[0] in dot.invars
+    (reshape,) = [e for e in out.jaxpr.eqns if e.primitive.name == "reshape"]
+    assert reshape.invars[0] is out.jaxpr.invars[0]
+    assert prims(out).count("broadcast_in_dim") == prims(closed).count("broadcast_in_dim") - 2
+    agree(closed, out, W, q)
 
 
 def test_cse_rewrite():

@@ -6,15 +6,19 @@ tests/fixtures/ttt_lm_jax_*.npz are the peer's own outputs with every parameter 
 tests/fixtures/ttt_lm_jax.md).  `dual_form` must apply to all four kinds and keep values and outer
 gradients (float64, NumPy evaluation)."""
 
+import contextlib
+import io
 import json
 import os
 import pathlib
+import re
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.ad_checkpoint import print_saved_residuals
 
 import ttt_compile as tc
 from ttt_compile.layer.spec import SpecError
@@ -144,3 +148,42 @@ def test_a_learner_the_peer_cannot_run_gets_its_dual_form_derived():
         assert "dual form for W 16x4, W 16x16, W 4x16 (b=4)" in notes, notes
         v = np_eval.compare(layer, prog, x)
         assert v.value_error <= 1e-10 and v.grad_error <= 1e-9, v
+
+
+def _loop_bodies(jaxpr):
+    for e in jaxpr.eqns:
+        if e.primitive.name == "ttt_loop":
+            yield e.params["body"]
+        for sub in jax.extend.core.jaxprs_in_params(e.params):
+            yield from _loop_bodies(getattr(sub, "jaxpr", sub))
+
+
+@pytest.mark.parametrize("kind", ["linear_base", "mlp_base"])
+def test_the_dual_form_step_saves_no_matrix_but_the_carried_weights(kind):
+    """The outer gradient of a dual-form chunk step stores, of matrix-sized values, only the chunk-start
+    weights W it carries: the learned chunk factor a_b scales a per-token operand of the carry
+    W + s a_b E^T K (not the matrix), and the chunk-start W the outputs read is W itself (not a copy
+    through broadcast and squeeze).  Each matrix-sized residual is stored once per step of the scan."""
+    width, heads = 32, 2
+    layer = ttt_lm_jax_layer(kind=kind, width=width, heads=heads, mini_batch_size=4, key=jax.random.PRNGKey(3))
+    x = jax.random.normal(jax.random.PRNGKey(5), (16, width))
+    prog = tc.compile(layer, x, passes=["dual_form", "simplify"])
+    simplified = {name: jaxpr for name, jaxpr, _ in prog.pipeline}["simplify"]  # before lower makes scans
+    (body,) = _loop_bodies(simplified.jaxpr)
+    dh = width // heads
+    matrices = {(dh, dh)} if kind.startswith("linear") else {(dh, 4 * dh), (4 * dh, dh)}
+    args = [0.1 + jnp.zeros(v.aval.shape, v.aval.dtype) for v in body.jaxpr.invars]
+
+    def loss(*args):
+        return sum(jnp.sum(jnp.sin(o)) for o in jax.extend.core.jaxpr_as_fun(body)(*args))
+
+    printed = io.StringIO()  # JAX's public residual listing: one "f32[a,b,c] <why it is saved>" per line
+    with contextlib.redirect_stdout(printed):
+        print_saved_residuals(loss, *args)
+    stored = [
+        line
+        for line in printed.getvalue().splitlines()
+        if tuple(int(d) for d in re.match(r"\w+\[([\d,]*)\]", line).group(1).split(",") if d)[-2:] in matrices
+        and "of cos" not in line  # the loss's own
+    ]
+    assert len(stored) == len(matrices) and all("argument" in why for why in stored), stored
