@@ -172,12 +172,12 @@ def dual_token(cum: Cum, p: int):
         # operand, so neither the product nor the outer loop's gradient of f_p (a learned factor)
         # needs a matrix-sized temporary (MLP d=256, b=16: a 4x16x64 operand, not 4x256x64)
         if e.size <= k.size:
-            e = e * w.astype(e.dtype)
+            e, w = e * w.astype(e.dtype), None
         else:
-            k = k * w.astype(k.dtype)
-        out = jnp.expand_dims(jnp.einsum(f"{B}{a},{B}{c}->{Bt}{a}{c}", e, k), t)
-    else:
-        out = jnp.expand_dims(jnp.einsum(f"{B}{a},{B}{c}->{Bt}{a}{c}", e, k), t) * w[..., None]
+            k, w = k * w.astype(k.dtype), None
+    out = jnp.expand_dims(jnp.einsum(f"{B}{a},{B}{c}->{Bt}{a}{c}", e, k), t)
+    if w is not None:
+        out = out * w[..., None]
     return (out if cum.base is None else cum.base + out).astype(cum.dtype)
 
 

@@ -9,7 +9,8 @@ transpose, reshape, broadcast, reduce_sum, dot_general, add/sub of equally scale
 and are multiplied in once, where a non-linear operation, a product of two arrays or an output
 needs the value: -(-x) = x, 2 * (0.5 * x) = x, a chain of scale factors becomes one multiply.
 Scalar expressions of constants are folded.  Structural rewrites: transposes compose;
-transpose(broadcast(y)) becomes broadcast(transpose(y)); a dot_general whose operand is a broadcast over exactly its batch axes
+transpose(broadcast(y)) becomes broadcast(transpose(y)); squeeze/reshape of a broadcast that only
+inserted unit axes reads y (AD then stores y once, not y and a copy); a dot_general whose operand is a broadcast over exactly its batch axes
 contracts y itself (no materialised copy per batch entry: the shape vmap-over-heads leaves when all
 heads read the same tokens).  Exact up to the rounding of folded scalar constants.
 """
@@ -141,9 +142,8 @@ class _Simplifier:
             dims = tuple(eqn.params["broadcast_dimensions"][d] for d in p[1]["broadcast_dimensions"])
             out = interp.emit(lax.broadcast_in_dim_p, p[2][0], **{**eqn.params, "broadcast_dimensions": dims})[0]
         elif (
-            eqn.primitive in (lax.squeeze_p, lax.reshape_p)
+            (eqn.primitive is lax.squeeze_p or (eqn.primitive is lax.reshape_p and eqn.params["dimensions"] is None))
             and not rest
-            and (eqn.primitive is lax.squeeze_p or eqn.params.get("dimensions") is None)
             and p is not None
             and p[0] is lax.broadcast_in_dim_p
             and len(p[2]) == 1
